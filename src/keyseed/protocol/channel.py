@@ -1,0 +1,153 @@
+"""keyseed.protocol.channel
+~~~~~~~~~~~~~~~~~~~~~~~~~~
+
+The sealed record layer of one connection (DESIGN.md section 3, "channel"; REVIEW F11).
+
+* Per key, per connection and per direction, its own AEAD key and IV:
+  ``PRK = HKDF-Extract(salt = Nd || Ns, K)``, key and IV = HKDF-Expand(PRK, label, direction,
+  device_id, key_id(K)) (:func:`keyseed.crypto.schedule.traffic_keys`).
+* ``nonce = IV xor seq`` with a 64-bit sequence number per direction and key, starting at 0.
+* ``AAD = lp("keyseed/1 aad", version, device_id, direction, type, epoch, seq)``.
+* A frame is accepted only with exactly the next sequence number of its key: a replayed,
+  reordered or dropped frame fails. A frame under another direction's key fails (no
+  reflection). A frame that fails authentication closes the connection.
+* A key update is applied on send when installed; on receive the peer's first frame under a
+  newer epoch retires every older receive key, like QUIC's key phase.
+* A traffic key seals at most ``max_records`` frames; then the connection must re-handshake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..crypto import Aead, DecryptError, lp, make_nonce
+from ..crypto.schedule import D2S, S2D, SharedKey, traffic_keys
+from .constants import MAX_RECORDS_PER_KEY, VERSION
+from .errors import (
+    AuthenticationFailed,
+    BadSequence,
+    LocalProtocolError,
+    MalformedMessage,
+    Rehandshake,
+)
+from .messages import Message, MsgType, SealedFrame, decode_body, encode_body, loads_strict
+
+L_AAD = "keyseed/1 aad"
+
+
+def aad(device_id: str, direction: str, mtype: MsgType, epoch: int, seq: int) -> bytes:
+    return lp(L_AAD, VERSION, device_id, direction, int(mtype), epoch, seq)
+
+
+@dataclass(slots=True)
+class _Direction:
+    aead: Aead
+    iv: bytes
+    epoch: int
+    seq: int = 0
+
+
+class Channel:
+    """Seals and opens the frames of one connection."""
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        nd: bytes,
+        ns: bytes,
+        is_device: bool,
+        cipher: str = "chacha20-poly1305",
+        max_records: int = MAX_RECORDS_PER_KEY,
+    ) -> None:
+        # Bound into every traffic key and AAD.
+        self.device_id = device_id
+        self._nd, self._ns = nd, ns
+        # Our sending direction and the peer's.
+        self._out_dir, self._in_dir = (D2S, S2D) if is_device else (S2D, D2S)
+        self._cipher = cipher
+        self._max = max_records
+        # The key we seal with (one at a time) and the keys we open with, by epoch.
+        self._send: _Direction | None = None
+        self._recv: dict[int, _Direction] = {}
+
+    def _make(self, key: SharedKey, epoch: int, direction: str) -> _Direction:
+        k, iv = traffic_keys(
+            key, nd=self._nd, ns=self._ns, device_id=self.device_id, direction=direction
+        )
+        return _Direction(Aead(k, self._cipher), iv, epoch)
+
+    def install_send(self, key: SharedKey, epoch: int) -> None:
+        """Seal every later frame under ``key`` (sequence numbers restart at 0)."""
+        self._send = self._make(key, epoch, self._out_dir)
+
+    def install_recv(self, key: SharedKey, epoch: int) -> None:
+        """Also open frames under ``key``; older keys stay until a frame arrives under it."""
+        if epoch not in self._recv:
+            self._recv[epoch] = self._make(key, epoch, self._in_dir)
+
+    @property
+    def send_epoch(self) -> int | None:
+        return None if self._send is None else self._send.epoch
+
+    @property
+    def can_send(self) -> bool:
+        return self._send is not None
+
+    def seal(self, msg: Message) -> bytes:
+        """Seal ``msg`` as the next frame.
+
+        Raises:
+            LocalProtocolError: no send key installed.
+            Rehandshake: the traffic key reached its usage limit.
+        """
+        d = self._send
+        if d is None:
+            raise LocalProtocolError("no traffic key yet")
+        if d.seq >= self._max:
+            raise Rehandshake("traffic key usage limit reached")
+        seq = d.seq
+        ct = d.aead.seal(
+            make_nonce(d.iv, seq),
+            encode_body(msg),
+            aad(self.device_id, self._out_dir, msg.TYPE, d.epoch, seq),
+        )
+        d.seq += 1
+        return SealedFrame(msg.TYPE, d.epoch, seq, ct).encode()
+
+    def open(self, frame: SealedFrame) -> Message:
+        """Open a sealed frame.
+
+        Raises:
+            AuthenticationFailed: no key for its epoch, or the tag does not verify.
+            BadSequence: not exactly the next sequence number.
+            Rehandshake: the peer's key reached its usage limit.
+            MalformedMessage: the plaintext is not a valid body of its type.
+        """
+        d = self._recv.get(frame.epoch)
+        if d is None:
+            raise AuthenticationFailed("no key for this epoch")
+        if frame.seq != d.seq:
+            raise BadSequence("replayed, reordered or missing frame")
+        if frame.seq >= self._max:
+            raise Rehandshake("traffic key usage limit reached")
+        try:
+            plaintext = d.aead.open(
+                make_nonce(d.iv, frame.seq),
+                frame.ciphertext,
+                aad(self.device_id, self._in_dir, frame.type, frame.epoch, frame.seq),
+            )
+        except DecryptError:
+            raise AuthenticationFailed("sealed frame does not authenticate") from None
+        d.seq += 1
+        # The peer moved to this epoch: older keys open nothing more (invariant 3).
+        for old in [e for e in self._recv if e < frame.epoch]:
+            del self._recv[old]
+        body = loads_strict(plaintext)
+        try:
+            return decode_body(frame.type, body)
+        except KeyError:  # pragma: no cover - decode_frame already checked the type
+            raise MalformedMessage("unknown message type") from None
+
+    def __repr__(self) -> str:
+        return f"Channel(device_id={self.device_id!r}, send_epoch={self.send_epoch})"
