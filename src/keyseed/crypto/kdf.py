@@ -30,6 +30,8 @@ def lp(*fields: bytes | str | int) -> bytes:
         if isinstance(field, bool):
             raise TypeError("lp() does not encode bool")
         if isinstance(field, int):
+            if not 0 <= field < 2**64:
+                raise ValueError("lp() integer out of range")
             raw = field.to_bytes(8, "big")
         elif isinstance(field, str):
             raw = field.encode("utf-8")

@@ -80,6 +80,8 @@ class Protocol:
         self._pings: dict[bytes, float] = {}
         # Epoch of the key this connection's traffic is under (for events and 207).
         self._epoch = 0
+        # The latest ``now`` an input brought (for work done on close).
+        self._now = 0.0
 
     # -- public methods for receiving data -------------------------------------------
 
@@ -88,6 +90,7 @@ class Protocol:
         input becomes CLOSE(code) plus a ConnectionClosed event."""
         if self.state.name == "CLOSED":
             return  # discard, like websockets after a close
+        self._now = now
         try:
             self._receive(data, now)
         except PeerClosed as exc:
@@ -108,6 +111,7 @@ class Protocol:
 
     def handle_timer(self, now: float) -> None:
         """Run every deadline that has passed."""
+        self._now = now
         for name, deadline in sorted(self._timers.items(), key=lambda kv: kv[1]):
             if deadline <= now and name in self._timers and self.state.name != "CLOSED":
                 del self._timers[name]
@@ -189,6 +193,7 @@ class Protocol:
         else:
             if self._channel is None or frame.type in PLAIN_ONLY:
                 raise UnexpectedMessage(f"sealed {frame.type.value} before a key is in use")
+            self._check_sealed(frame.type, frame.epoch)
             msg = self._channel.open(frame)
             sealed_epoch = frame.epoch
         if isinstance(msg, Close):
@@ -229,6 +234,12 @@ class Protocol:
     def _count_app(self, now: float) -> None:
         """Role hook: count an application message under the current key."""
 
+    def _check_sealed(self, mtype: MsgType, epoch: int) -> None:
+        """Role hook: refuse a sealed frame before it is opened (and retires older keys)."""
+
+    def _before_close(self) -> None:
+        """Role hook: last chance to persist before the connection ends."""
+
     def _handle_207(self, msg: Msg207, now: float) -> None:
         if not msg.pong:
             self._send_sealed(msg.response())
@@ -264,6 +275,7 @@ class Protocol:
             self._epoch = self._channel.send_epoch
 
     def _closed(self, code: ErrorCode, *, by_peer: bool, reason: str) -> None:
+        self._before_close()
         self.state = type(self.state)["CLOSED"]
         self._timers.clear()
         self._close_expected = True

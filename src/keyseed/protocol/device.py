@@ -96,6 +96,8 @@ class DeviceConfig:
     auto_enrol: bool = True
     #: Channel cipher.
     cipher: str = "chacha20-poly1305"
+    #: Seconds between persists of the key age while connected (a crash loses at most this).
+    age_persist_interval: float = 300.0
 
 
 class DeviceProtocol(Protocol):
@@ -125,6 +127,7 @@ class DeviceProtocol(Protocol):
         self._age_ref = now
         # Messages counted since the last persist.
         self._unpersisted = 0
+        self._now = now
         # Handshake transcript.
         self._nd = b""
         self._hello = b""
@@ -241,6 +244,7 @@ class DeviceProtocol(Protocol):
                 k_code=None,
                 key_age=0.0,
                 messages=0,
+                rekey_requested=False,
             )
             self._age_ref = now
             self._events.append(
@@ -494,8 +498,18 @@ class DeviceProtocol(Protocol):
         if name == "rekey":
             self._step_s03(now)
             self._arm_rekey_timer(now)
+        if name == "age":
+            # Key age is persisted uptime (DESIGN.md section 4, "Time"): write it now and then.
+            self._persist(now)
+            self._timers["age"] = now + self.config.age_persist_interval
+
+    def _before_close(self) -> None:
+        if self._ks.key is not None and (self._now > self._age_ref or self._unpersisted):
+            self._persist(self._now)
 
     def _arm_rekey_timer(self, now: float) -> None:
+        if self._ks.key is not None and "age" not in self._timers:
+            self._timers["age"] = now + self.config.age_persist_interval
         if self.state is DeviceState.OPEN and self._ks.key is not None:
             self._timers["rekey"] = now + max(
                 self._ks.policy.seconds_until_soft(self.key_age(now)), 1.0

@@ -287,8 +287,10 @@ class Message:
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class Hello(Message):
-    """Opens a connection. Proofs cover Nd only, so a HELLO can be replayed; the server acts on
-    nothing until FIN, which covers Ns too. A keyless device names its enrolment candidates."""
+    """Opens a connection. Proofs cover Nd only, so a HELLO can be replayed: the server fences
+    nothing until FIN, which covers Ns too, and the only change a HELLO can make (rule 1's
+    cancellation) discards an exchange the device has already given up. A keyless device
+    names its enrolment candidates."""
 
     TYPE = MsgType.HELLO
     SPEC: ClassVar[dict[str, Spec]] = {
@@ -690,8 +692,8 @@ def _check_plain_data(obj: object, depth: int = 0) -> None:
             _check_plain_data(v, depth + 1)
     elif t not in _SCALARS:
         raise MalformedMessage("unsupported CBOR item")
-    elif t is int and obj < 0:  # type: ignore[operator]
-        raise MalformedMessage("negative integer")
+    elif t is int and not 0 <= obj < 2**64:  # type: ignore[operator]
+        raise MalformedMessage("integer out of range")
 
 
 def loads_strict(data: bytes) -> Any:

@@ -17,6 +17,8 @@ change; the device's ``key_age`` is seconds of persisted uptime (DESIGN.md secti
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -47,16 +49,50 @@ def _policy_to(p: RekeyPolicy) -> dict[str, int]:
     return dataclasses.asdict(p)
 
 
+_POLICY_FIELDS = frozenset(f.name for f in dataclasses.fields(RekeyPolicy))
+
+
 def _policy_from(d: object) -> RekeyPolicy:
-    if type(d) is not dict:
-        raise MalformedMessage("policy is not a map")
+    if type(d) is not dict or set(d) != _POLICY_FIELDS:
+        raise MalformedMessage("policy is not a map of its four limits")
     return RekeyPolicy(**d)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _matches(value: object, hint: Any) -> bool:
+    """Exact type check against a field annotation (a bool is not an int)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        inner = typing.get_args(hint)[0]
+        return type(value) is tuple and all(_matches(v, inner) for v in value)
+    if hint is float:
+        return type(value) in (int, float)
+    if hint in (int, bool, bytes, str):
+        return type(value) is hint
+    return isinstance(value, hint)
 
 
 class _Redacted:
     """Mixin: a repr that names fields but shows no bytes and no keys."""
 
     __slots__ = ()
+
+    def __post_init__(self) -> None:
+        # A damaged record whose CBOR still parses must not load with a field of the wrong
+        # type; from_dict turns this TypeError into MalformedMessage.
+        cls = type(self)
+        hints = _HINTS.get(cls)
+        if hints is None:
+            hints = _HINTS[cls] = typing.get_type_hints(cls)
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if not _matches(getattr(self, f.name), hints[f.name]):
+                raise TypeError(f"{cls.__name__}.{f.name} has the wrong type")
 
     def __repr__(self) -> str:
         parts = []

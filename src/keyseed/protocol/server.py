@@ -90,6 +90,7 @@ from .messages import (
     Msg206,
     Msg403,
     Msg404,
+    MsgType,
     SeedRequest,
 )
 from .records import DeviceRecord, IssuedSeed, PendingExchange, Window
@@ -233,6 +234,8 @@ class ServerProtocol(Protocol):
         elif isinstance(msg, Fin):
             self._park(lambda rec, n: self._handle_fin(msg, rec, n, targets))
         elif isinstance(msg, Msg203):
+            if (self.state is ServerState.ENROL) != (sealed_epoch is None):
+                raise UnexpectedMessage("203 is plain only to enrol, sealed otherwise")
             self._park(lambda rec, n: self._handle_203(msg, rec, n, targets))
         elif isinstance(msg, Msg205):
             assert sealed_epoch is not None
@@ -276,7 +279,7 @@ class ServerProtocol(Protocol):
                 return
             self._answer_hello(named, rec, targets)
             return
-        if rec is None or rec.revoked or rec.key is None:
+        if rec is None or rec.revoked or rec.key is None or msg.suite != rec.suite:
             raise HandshakeRefused("no key to prove")
         assert msg.cur_proof is not None
         cur = rec.key
@@ -362,8 +365,14 @@ class ServerProtocol(Protocol):
         # Rule 3: the owed 206 goes out again on every connection until it is acknowledged.
         if new.owed_206:
             self._send_206(new)
+        policy = new.seed.policy if new.seed is not None else new.policy
+        aged = self._db_time(now) - new.key_created_at >= policy.soft_age_s
         if new.order_epoch is not None and new.order_epoch >= new.epoch and new.confirmed:
             self._send_sealed(Msg403(epoch=new.order_epoch))
+        elif aged:
+            # The server enforces key age too, on its own clock: a device that was off for
+            # long counts less uptime than the key has lived (DESIGN.md section 4, "Time").
+            self._send_sealed(Msg403(epoch=new.epoch))
 
     # -- key exchange -------------------------------------------------------------------
 
@@ -706,13 +715,21 @@ class ServerProtocol(Protocol):
             raise HandshakeTimeout("enrolment 205 deadline")
         self.state = ServerState.OPEN
 
+    def _check_sealed(self, mtype: MsgType, epoch: int) -> None:
+        ex = self._exchange
+        if ex is not None and epoch == ex.epoch and mtype is not MsgType.M205:
+            # Nothing travels under a pending key before its 205 confirms it.
+            raise UnexpectedMessage("only 205 may open a pending key")
+
     # -- application data ---------------------------------------------------------------
 
     def _check_app_allowed(self, now: float, *, outgoing: bool) -> None:
         rec = self._record
         if rec is None or not rec.confirmed:
             raise NotConfirmed("device enrolled without a code is not confirmed yet")
-        if rec.key_created_at + rec.policy.hard_age_s <= self._db_time(now):
+        # The policy in force is the one the device was sent (a new one waits for the next 206).
+        policy = rec.seed.policy if rec.seed is not None else rec.policy
+        if rec.key_created_at + policy.hard_age_s <= self._db_time(now):
             raise KeyExpired("key past its hard age limit; rekey first")
 
     # -- helpers ------------------------------------------------------------------------
