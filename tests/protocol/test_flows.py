@@ -13,6 +13,8 @@ from __future__ import annotations
 import pytest
 from helpers import ALL_SUITES, Net
 
+from keyseed.crypto.schedule import setup_code_key
+from keyseed.loopback import provision
 from keyseed.protocol import admin
 from keyseed.protocol.errors import ErrorCode, KeyExpired, NgCause
 from keyseed.protocol.events import (
@@ -24,6 +26,7 @@ from keyseed.protocol.events import (
     RekeyOrderAccepted,
     RekeyOrdered,
 )
+from keyseed.protocol.messages import Msg207
 from keyseed.protocol.policy import RekeyPolicy
 from keyseed.protocol.server import NG_204
 from keyseed.protocol.states import DeviceState, ServerState
@@ -72,8 +75,6 @@ class TestRegistration:
     def test_window_closes_after_ten_failures(self) -> None:
         net = Net(enrol=False)
         # The device holds the wrong code: every attempt fails its authenticator A.
-        from keyseed.crypto.schedule import setup_code_key
-
         net.disk.keystore = net.ks.with_(k_code=setup_code_key(net.device_id, "87654321"))
         for attempt in range(10):
             c = net.connect()
@@ -109,11 +110,9 @@ class TestRegistration:
         net.put(admin.revoke(net.rec), net.rec)
         rec = admin.register(net.rec, device_id=net.device_id, suite="hpke-x25519",
                              setup_code="99887766", window_s=600, db_now=net.clock.now,
-                             entropy=lambda n: bytes(n))  # fmt: skip
+                             entropy=bytes)  # fmt: skip
         net.put(rec, net.rec)
         # The device is reset through its local setup endpoint with the fresh code.
-        from keyseed.loopback import provision
-
         net.disk = provision(net.ctx, net.store, net.clock, net.device_id, setup_code="99887766")
         c = net.connect()
         c.run()
@@ -176,8 +175,6 @@ class TestConfirmation:
         net = Net()
         c = net.connect()
         c.run()
-        from keyseed.protocol.messages import Msg207
-
         c.device._send_sealed(Msg207(pong=True, token=b"12345678"))
         c.flush_device()
         c.run()

@@ -12,6 +12,7 @@ from helpers import Net
 from keyseed.protocol.errors import ErrorCode
 from keyseed.protocol.events import ConnectionClosed, KeyEstablished
 from keyseed.protocol.messages import Msg204
+from keyseed.protocol.policy import RekeyPolicy
 from keyseed.protocol.server import NG_204
 from keyseed.protocol.states import DeviceState
 
@@ -172,7 +173,7 @@ def test_rev2_att_nobind_replayed_203_and_205_do_not_commit() -> None:
     c1 = start_rekey(net)
     c1.to_s()  # 203 -> 204 OK
     c1.to_d()  # 205 queued
-    captured = [f for f in c1.sent_by_device[-2:]]  # the sealed 203 and 205
+    captured = list(c1.sent_by_device[-2:])  # the sealed 203 and 205
     c1.drop_all()
     c2 = net.connect()
     c2.run()
@@ -188,8 +189,6 @@ def test_rev2_att_nobind_replayed_203_and_205_do_not_commit() -> None:
 
 def test_rev2_att_hard1_expired_key_still_rekeys_after_s27() -> None:
     """A key past its hard limit authenticates rekey attempts until one commits."""
-    from keyseed.protocol.policy import RekeyPolicy
-
     policy = RekeyPolicy(soft_messages=1, hard_messages=1, soft_age_s=10, hard_age_s=20)
     net = Net(policy=policy)
     net.clock.advance(100)  # the key is past its hard age (server: database clock) ...

@@ -26,8 +26,7 @@ def make_nonce(iv: bytes, seq: int) -> bytes:
         raise ValueError("IV must be 12 bytes")
     if not 0 <= seq < 2**64:
         raise ValueError("sequence number out of range")
-    padded = seq.to_bytes(AEAD_NONCE_LEN, "big")
-    return bytes(a ^ b for a, b in zip(iv, padded, strict=True))
+    return (int.from_bytes(iv, "big") ^ seq).to_bytes(AEAD_NONCE_LEN, "big")
 
 
 class Aead:

@@ -27,9 +27,12 @@ def lp(*fields: bytes | str | int) -> bytes:
     """
     out = bytearray()
     for field in fields:
-        if isinstance(field, bool):
+        raw: bytes
+        if type(field) is bytes:
+            raw = field
+        elif type(field) is bool:
             raise TypeError("lp() does not encode bool")
-        if isinstance(field, int):
+        elif isinstance(field, int):
             if not 0 <= field < 2**64:
                 raise ValueError("lp() integer out of range")
             raw = field.to_bytes(8, "big")

@@ -37,7 +37,7 @@ _HpkePriv = x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey
 class PublicKey:
     """A suite's public key: its wire bytes and the pyca object behind them."""
 
-    __slots__ = ("_obj", "raw", "suite")
+    __slots__ = ("_fp", "_obj", "raw", "suite")
 
     def __init__(self, suite: str, raw: bytes, obj: object) -> None:
         #: Wire name of the suite this key belongs to.
@@ -45,10 +45,13 @@ class PublicKey:
         #: The key's wire encoding (what 206 carries and what a fingerprint hashes).
         self.raw = raw
         self._obj = obj
+        self._fp: bytes | None = None
 
     @property
     def fingerprint(self) -> bytes:
-        return fingerprint(self.suite, self.raw)
+        if self._fp is None:
+            self._fp = fingerprint(self.suite, self.raw)
+        return self._fp
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PublicKey) and (self.suite, self.raw) == (other.suite, other.raw)

@@ -66,6 +66,10 @@ class Channel:
         # Our sending direction and the peer's.
         self._out_dir, self._in_dir = (D2S, S2D) if is_device else (S2D, D2S)
         self._cipher = cipher
+        # lp() of a field list is the concatenation of each field's lp(): the constant prefix
+        # of every AAD is encoded once per connection.
+        self._aad_out = lp(L_AAD, VERSION, device_id, self._out_dir)
+        self._aad_in = lp(L_AAD, VERSION, device_id, self._in_dir)
         self._max = max_records
         # The key we seal with (one at a time) and the keys we open with, by epoch.
         self._send: _Direction | None = None
@@ -110,7 +114,7 @@ class Channel:
         ct = d.aead.seal(
             make_nonce(d.iv, seq),
             encode_body(msg),
-            aad(self.device_id, self._out_dir, msg.TYPE, d.epoch, seq),
+            self._aad_out + lp(int(msg.TYPE), d.epoch, seq),
         )
         d.seq += 1
         return SealedFrame(msg.TYPE, d.epoch, seq, ct).encode()
@@ -135,7 +139,7 @@ class Channel:
             plaintext = d.aead.open(
                 make_nonce(d.iv, frame.seq),
                 frame.ciphertext,
-                aad(self.device_id, self._in_dir, frame.type, frame.epoch, frame.seq),
+                self._aad_in + lp(int(frame.type), frame.epoch, frame.seq),
             )
         except DecryptError:
             raise AuthenticationFailed("sealed frame does not authenticate") from None

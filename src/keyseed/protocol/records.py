@@ -216,7 +216,10 @@ class Keystore(_Redacted):
         obj = loads_strict(data)
         if type(obj) is not dict:
             raise MalformedMessage("keystore is not a map")
-        return cls.from_dict(_with_nones(obj, _KEYSTORE_OPTIONAL, ("otk",)))
+        value = cls.from_dict(_with_nones(obj, _KEYSTORE_OPTIONAL, ("otk",)))
+        if value.encode() != data:
+            raise MalformedMessage("keystore is not in its canonical form")
+        return value
 
     def with_(self, **changes: Any) -> Keystore:
         return replace(self, **changes)
@@ -414,7 +417,10 @@ class DeviceRecord(_Redacted):
         obj = loads_strict(data)
         if type(obj) is not dict:
             raise MalformedMessage("record is not a map")
-        return cls.from_dict(_with_nones(obj, _RECORD_OPTIONAL, ("otk_private", "otk_public")))
+        value = cls.from_dict(_with_nones(obj, _RECORD_OPTIONAL, ("otk_private", "otk_public")))
+        if value.encode() != data:
+            raise MalformedMessage("device record is not in its canonical form")
+        return value
 
     def with_(self, **changes: Any) -> DeviceRecord:
         """A changed copy with ``version`` bumped: every change is a new version."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from ..crypto import DecryptError, PrivateKey, ct_equal, fingerprint, get_suite, sha256
+from ..crypto import DecryptError, PrivateKey, ct_equal, get_suite, sha256
 from ..crypto.errors import UnsupportedSuite
 from ..crypto.schedule import (
     L_204_OK,
@@ -125,7 +125,7 @@ class ServerContext:
 
     def server_fp(self, suite: str) -> bytes:
         """Fingerprint of the long-term key of ``suite``, bound into every K."""
-        return fingerprint(suite, self.keys[suite].public_key.raw)
+        return self.keys[suite].public_key.fingerprint
 
 
 _Action = Callable[[DeviceRecord | None, float], None]
@@ -269,6 +269,21 @@ class ServerProtocol(Protocol):
                     if ct_equal(cand, rec.key.key_id):
                         named = rec.key
             if named is None or rec is None:
+                if rec is not None and rec.pending is not None and rec.pending.enrol:
+                    # Rule 1, first enrolment: this HELLO_ACK says no candidate committed, and
+                    # the device may start a new attempt and forget its oldest candidate, so
+                    # the older connection's exchange is discarded in the same step (a late
+                    # 205 then finds none).
+                    self._store(
+                        rec.with_(pending=None),
+                        AuditEntry(
+                            kind="exchange_cancelled",
+                            device_id=rec.device_id,
+                            epoch=rec.pending.epoch,
+                        ),
+                    )
+                    rec = self._record
+                    assert rec is not None
                 self._send_hello_ack(HelloAck(ns=self._ns, epoch=0 if rec is None else rec.epoch))
                 self._channel = self._new_channel()
                 self._set_state(ServerState.ENROL, targets)
