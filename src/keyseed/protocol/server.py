@@ -600,18 +600,7 @@ class ServerProtocol(Protocol):
             raise ExchangeExpired("seed already consumed")
         # S28: commit. The consumed seed and its one-time private key are replaced in the
         # same compare-and-set. S29: a fresh R0 and one-time key for the next exchange.
-        suite = get_suite(rec.suite)
-        otk_priv = otk_pub = None
-        if suite.one_time_keys:
-            otk = suite.generate()
-            otk_priv, otk_pub = suite.private_bytes(otk), otk.public_key.raw
-        seed = IssuedSeed(
-            r0=self._entropy(SEED_LEN),
-            seed_id=self._entropy(SEED_ID_LEN),
-            otk_private=otk_priv,
-            otk_public=otk_pub,
-            policy=rec.policy,
-        )
+        seed = self._step_s29_issue_seed(rec)
         order = rec.order_epoch
         if order is not None and p.epoch > order:
             order = None  # any commit past the superseded epoch clears the order
@@ -653,6 +642,21 @@ class ServerProtocol(Protocol):
         )
         self._send_206(new)
 
+    def _step_s29_issue_seed(self, rec: DeviceRecord) -> IssuedSeed:
+        """S29: a fresh R0, its seed_id and (HPKE suites) the one-time key named by it."""
+        suite = get_suite(rec.suite)
+        otk_priv = otk_pub = None
+        if suite.one_time_keys:
+            otk = suite.generate()
+            otk_priv, otk_pub = suite.private_bytes(otk), otk.public_key.raw
+        return IssuedSeed(
+            r0=self._entropy(SEED_LEN),
+            seed_id=self._entropy(SEED_ID_LEN),
+            otk_private=otk_priv,
+            otk_public=otk_pub,
+            policy=rec.policy,
+        )
+
     def _send_206(self, rec: DeviceRecord) -> None:
         """S29/S30: 206, sealed under the key of ``rec.epoch``; its content is fixed at commit."""
         seed = rec.seed
@@ -687,19 +691,7 @@ class ServerProtocol(Protocol):
         if msg.epoch != rec.epoch:
             return
         if not rec.owed_206:
-            suite = get_suite(rec.suite)
-            otk_priv = otk_pub = None
-            if suite.one_time_keys:
-                otk = suite.generate()
-                otk_priv, otk_pub = suite.private_bytes(otk), otk.public_key.raw
-            seed = IssuedSeed(
-                r0=self._entropy(SEED_LEN),
-                seed_id=self._entropy(SEED_ID_LEN),
-                otk_private=otk_priv,
-                otk_public=otk_pub,
-                policy=rec.policy,
-            )
-            rec = rec.with_(seed=seed, owed_206=True)
+            rec = rec.with_(seed=self._step_s29_issue_seed(rec), owed_206=True)
             self._store(
                 rec, AuditEntry(kind="seed_reissued", device_id=rec.device_id, epoch=rec.epoch)
             )
