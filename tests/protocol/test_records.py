@@ -397,3 +397,11 @@ def test_partial_policy_is_malformed(cls: Any, make: Any) -> None:
     d["policy"] = {"soft_messages": 1}
     with pytest.raises(MalformedMessage):
         cls.decode(_encode(d))
+
+
+def test_policy_limit_of_wrong_type_is_malformed() -> None:
+    from keyseed.protocol.errors import MalformedMessage
+    from keyseed.protocol.records import _policy_from
+
+    with pytest.raises(MalformedMessage):
+        _policy_from({"soft_messages": True, "hard_messages": 5, "soft_age_s": 1, "hard_age_s": 2})

@@ -55,6 +55,8 @@ _POLICY_FIELDS = frozenset(f.name for f in dataclasses.fields(RekeyPolicy))
 def _policy_from(d: object) -> RekeyPolicy:
     if type(d) is not dict or set(d) != _POLICY_FIELDS:
         raise MalformedMessage("policy is not a map of its four limits")
+    if any(type(v) is not int for v in d.values()):
+        raise MalformedMessage("policy limits are integers")
     return RekeyPolicy(**d)
 
 
