@@ -8,6 +8,7 @@ from typing import Any
 import cbor2
 import pytest
 
+import keyseed.protocol.records as records_module
 from keyseed.crypto.schedule import SharedKey
 from keyseed.protocol.errors import MalformedMessage
 from keyseed.protocol.policy import RekeyPolicy
@@ -400,8 +401,7 @@ def test_partial_policy_is_malformed(cls: Any, make: Any) -> None:
 
 
 def test_policy_limit_of_wrong_type_is_malformed() -> None:
-    from keyseed.protocol.errors import MalformedMessage
-    from keyseed.protocol.records import _policy_from
-
     with pytest.raises(MalformedMessage):
-        _policy_from({"soft_messages": True, "hard_messages": 5, "soft_age_s": 1, "hard_age_s": 2})
+        records_module._policy_from(
+            {"soft_messages": True, "hard_messages": 5, "soft_age_s": 1, "hard_age_s": 2}
+        )
