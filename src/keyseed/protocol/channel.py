@@ -35,8 +35,15 @@ from .messages import Message, MsgType, SealedFrame, decode_body, encode_body, l
 L_AAD = "keyseed/1 aad"
 
 
+def aad_prefix(device_id: str, direction: str) -> bytes:
+    """The part of the AAD that is constant for one direction of one connection."""
+    return lp(L_AAD, VERSION, device_id, direction)
+
+
 def aad(device_id: str, direction: str, mtype: MsgType, epoch: int, seq: int) -> bytes:
-    return lp(L_AAD, VERSION, device_id, direction, int(mtype), epoch, seq)
+    # lp() of a field list is the concatenation of each field's lp(), so the prefix can be
+    # encoded once per connection.
+    return aad_prefix(device_id, direction) + lp(int(mtype), epoch, seq)
 
 
 @dataclass(slots=True)
@@ -66,10 +73,9 @@ class Channel:
         # Our sending direction and the peer's.
         self._out_dir, self._in_dir = (D2S, S2D) if is_device else (S2D, D2S)
         self._cipher = cipher
-        # lp() of a field list is the concatenation of each field's lp(): the constant prefix
-        # of every AAD is encoded once per connection.
-        self._aad_out = lp(L_AAD, VERSION, device_id, self._out_dir)
-        self._aad_in = lp(L_AAD, VERSION, device_id, self._in_dir)
+        # The constant part of every AAD, encoded once (see aad()).
+        self._aad_out = aad_prefix(device_id, self._out_dir)
+        self._aad_in = aad_prefix(device_id, self._in_dir)
         self._max = max_records
         # The key we seal with (one at a time) and the keys we open with, by epoch.
         self._send: _Direction | None = None

@@ -85,16 +85,24 @@ class _Redacted:
 
     __slots__ = ()
 
-    def __post_init__(self) -> None:
-        # A damaged record whose CBOR still parses must not load with a field of the wrong
-        # type; from_dict turns this TypeError into MalformedMessage.
+    def _check_types(self) -> None:
+        """Raise TypeError if a field (or a nested record's) has the wrong type.
+
+        A damaged record whose CBOR still parses must not load with a field of the wrong
+        type; from_dict calls this and turns the TypeError into MalformedMessage. Records the
+        cores build themselves are not checked again on every copy.
+        """
         cls = type(self)
         hints = _HINTS.get(cls)
         if hints is None:
             hints = _HINTS[cls] = typing.get_type_hints(cls)
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            if not _matches(getattr(self, f.name), hints[f.name]):
+            value = getattr(self, f.name)
+            if not _matches(value, hints[f.name]):
                 raise TypeError(f"{cls.__name__}.{f.name} has the wrong type")
+            for item in value if isinstance(value, tuple) else (value,):
+                if isinstance(item, _Redacted):
+                    item._check_types()
 
     def __repr__(self) -> str:
         parts = []
@@ -190,7 +198,7 @@ class Keystore(_Redacted):
             if d.get("format") != RECORD_FORMAT:
                 raise MalformedMessage("unknown keystore format")
             seed = d["seed"]
-            return cls(
+            value = cls(
                 device_id=d["device_id"],
                 suite=d["suite"],
                 server_key=d["server_key"],
@@ -207,6 +215,8 @@ class Keystore(_Redacted):
                 candidates=tuple(_pending_from(c) for c in d["candidates"]),
                 rekey_requested=d["rekey_requested"],
             )
+            value._check_types()
+            return value
         except (KeyError, TypeError, ValueError) as exc:
             raise MalformedMessage("keystore is damaged") from exc
 
@@ -311,6 +321,11 @@ class DeviceRecord(_Redacted):
     #: Outstanding rekey order: the epoch it supersedes (cleared by any commit past it).
     order_epoch: int | None = None
 
+    @property
+    def policy_in_force(self) -> RekeyPolicy:
+        """The policy the device was sent: a new ``policy`` waits for the next 206."""
+        return self.seed.policy if self.seed is not None else self.policy
+
     def to_dict(self) -> dict[str, Any]:
         w, s, p = self.window, self.seed, self.pending
         return {
@@ -365,7 +380,7 @@ class DeviceRecord(_Redacted):
                 raise MalformedMessage("unknown record format")
             w, s, p = d["window"], d["seed"], d["pending"]
             pk = None if p is None else _key_from(p["key"])
-            return cls(
+            value = cls(
                 device_id=d["device_id"],
                 suite=d["suite"],
                 policy=_policy_from(d["policy"]),
@@ -408,6 +423,8 @@ class DeviceRecord(_Redacted):
                 ),
                 order_epoch=d["order_epoch"],
             )
+            value._check_types()
+            return value
         except (KeyError, TypeError, ValueError) as exc:
             raise MalformedMessage("device record is damaged") from exc
 

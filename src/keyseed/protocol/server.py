@@ -380,8 +380,7 @@ class ServerProtocol(Protocol):
         # Rule 3: the owed 206 goes out again on every connection until it is acknowledged.
         if new.owed_206:
             self._send_206(new)
-        policy = new.seed.policy if new.seed is not None else new.policy
-        aged = self._db_time(now) - new.key_created_at >= policy.soft_age_s
+        aged = self._db_time(now) - new.key_created_at >= new.policy_in_force.soft_age_s
         if new.order_epoch is not None and new.order_epoch >= new.epoch and new.confirmed:
             self._send_sealed(Msg403(epoch=new.order_epoch))
         elif aged:
@@ -734,9 +733,7 @@ class ServerProtocol(Protocol):
         rec = self._record
         if rec is None or not rec.confirmed:
             raise NotConfirmed("device enrolled without a code is not confirmed yet")
-        # The policy in force is the one the device was sent (a new one waits for the next 206).
-        policy = rec.seed.policy if rec.seed is not None else rec.policy
-        if rec.key_created_at + policy.hard_age_s <= self._db_time(now):
+        if rec.key_created_at + rec.policy_in_force.hard_age_s <= self._db_time(now):
             raise KeyExpired("key past its hard age limit; rekey first")
 
     # -- helpers ------------------------------------------------------------------------
