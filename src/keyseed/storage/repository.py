@@ -1,0 +1,73 @@
+"""keyseed.storage.repository
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+
+The interface the server's drivers depend on. :class:`keyseed.storage.sql.SqlStore` implements
+it on SQLite and PostgreSQL; tests may implement it in memory.
+
+Every method is one transaction. Times are seconds of the *database* clock, read in that same
+transaction, so durations that outlive a process (windows, S27, key age) mean the same thing in
+every server process (DESIGN.md section 4, "Time").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..protocol.events import AuditEntry, StoreRecord
+from ..protocol.records import DeviceRecord
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRow:
+    """One row of the audit log as stored."""
+
+    id: int
+    at: float
+    kind: str
+    device_id: str
+    epoch: int
+    cause: int | None
+    detail: str
+
+
+class Store(Protocol):
+    async def db_now(self) -> float:
+        """The database clock, in seconds since the epoch."""
+        ...
+
+    async def load(self, device_id: str) -> tuple[DeviceRecord | None, float]:
+        """The device's record (None: not registered) and the database time it was read at."""
+        ...
+
+    async def cas(self, event: StoreRecord) -> bool:
+        """Compare-and-set: write ``event.record`` where the stored version is
+        ``event.expected_version``, with ``event.audit`` in the same transaction. Returns False
+        (and writes nothing) if the row changed or does not exist."""
+        ...
+
+    async def insert(self, record: DeviceRecord, audit: Sequence[AuditEntry] = ()) -> bool:
+        """Insert a new device's record; False if the device ID exists."""
+        ...
+
+    async def put(
+        self, record: DeviceRecord, expected_version: int, audit: Sequence[AuditEntry] = ()
+    ) -> bool:
+        """An admin change as a compare-and-set (same rule as :meth:`cas`)."""
+        ...
+
+    async def list_devices(self) -> list[DeviceRecord]: ...
+
+    async def audit(
+        self, *, device_id: str | None = None, limit: int = 100, before_id: int | None = None
+    ) -> list[AuditRow]:
+        """Audit rows, newest first."""
+        ...
+
+    async def add_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Audit rows that change no record (a refused 203 from an unknown ID, a refused
+        handshake). Callers rate-limit these so a flood cannot grow the table without bound."""
+        ...
+
+    async def close(self) -> None: ...
