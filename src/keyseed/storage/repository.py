@@ -15,8 +15,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..protocol.errors import ErrorCode, KeyseedError
 from ..protocol.events import AuditEntry, StoreRecord
 from ..protocol.records import DeviceRecord
+
+
+class StorageError(KeyseedError):
+    """A stored row cannot be trusted: its seal does not open (damaged, sealed under another
+    master key, or moved from another device ID), or its plain columns disagree with the
+    sealed record. The row is reported, never returned; the caller fails the step with
+    ``INTERNAL`` and nothing is written. Database outages raise SQLAlchemy's own errors."""
+
+    code = ErrorCode.INTERNAL
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +43,13 @@ class AuditRow:
 
 
 class Store(Protocol):
+    """Durable device records with compare-and-set on ``version``, and the audit log.
+
+    A record that cannot be read back exactly as written raises :class:`StorageError`;
+    a compare-and-set that loses returns False and writes nothing (not even its audit rows);
+    one whose record does not bump ``version`` past the expected one raises ValueError.
+    """
+
     async def db_now(self) -> float:
         """The database clock, in seconds since the epoch."""
         ...
