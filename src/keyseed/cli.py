@@ -10,7 +10,9 @@ exchange did not complete), 2 usage error.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import sys
 import textwrap
 from collections.abc import Callable
@@ -25,6 +27,9 @@ from .bench.core import (
     split_available,
 )
 from .crypto.suites import SUITES
+from .server.config import ConfigError, ServerConfig, load_config
+from .server.datadir import DataDirError
+from .server.run import serve
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -155,6 +160,135 @@ def _run_bench_core(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     return EXIT_OK
 
 
+# -- keyseed server -----------------------------------------------------------------------
+
+
+def _add_server(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    d = ServerConfig()
+    server = commands.add_parser(
+        "server",
+        help="run the application server (device channel + admin API)",
+        formatter_class=_Formatter,
+        description="Run the application server: the device channel (/v1/device, WebSocket) "
+        "on one listener and the admin API (/v1/admin), /metrics and /healthz on another, "
+        "loopback by default. The first start initialises the data folder: a long-term key "
+        "per enabled suite, a master key that seals device records at rest, and an admin "
+        "token, printed once and stored only as a hash. Every start prints the fingerprints "
+        "a device pins. Every setting can also come from the environment (KEYSEED_<NAME>, "
+        "e.g. KEYSEED_ADMIN_PORT) or a TOML file (--config or KEYSEED_CONFIG; keys as the "
+        "long option names, top level or under [server]); flags win over the environment, "
+        "which wins over the file. See docs/server.md.",
+    )
+    opt = server.add_argument
+    opt("--config", metavar="FILE", help="TOML configuration file (env KEYSEED_CONFIG)")
+    opt("--data", metavar="DIR", help=f"data folder (env KEYSEED_DATA; default: {d.data})")
+    opt(
+        "--db",
+        metavar="URL",
+        help="SQLAlchemy database URL (env KEYSEED_DB; default: SQLite in the data folder, "
+        "sqlite+aiosqlite:///DIR/keyseed.db; PostgreSQL: postgresql+asyncpg://user@host/db)",
+    )
+    opt(
+        "--host", metavar="H", help=f"device listener address (env KEYSEED_HOST; default: {d.host})"
+    )
+    opt(
+        "--port",
+        metavar="P",
+        help=f"device listener port, 0 for any (env KEYSEED_PORT; default: {d.port})",
+    )
+    opt(
+        "--admin-host",
+        metavar="H",
+        help=f"admin listener address (env KEYSEED_ADMIN_HOST; default: {d.admin_host})",
+    )
+    opt(
+        "--admin-port",
+        metavar="P",
+        help=f"admin listener port, 0 for any (env KEYSEED_ADMIN_PORT; default: {d.admin_port})",
+    )
+    opt(
+        "--suites",
+        metavar="LIST",
+        help=f"comma-separated PKE suites to enable (env KEYSEED_SUITES; default: "
+        f"{','.join(d.suites)}; known: {', '.join(SUITES)})",
+    )
+    opt(
+        "--s27-timeout",
+        metavar="S",
+        help="seconds a pending exchange waits for 205 "
+        f"(env KEYSEED_S27_TIMEOUT; default: {d.s27_timeout:g})",
+    )
+    opt(
+        "--handshake-timeout",
+        metavar="S",
+        help="seconds for HELLO and FIN "
+        f"(env KEYSEED_HANDSHAKE_TIMEOUT; default: {d.handshake_timeout:g})",
+    )
+    opt(
+        "--idle-timeout",
+        metavar="S",
+        help="seconds a silent device connection stays open "
+        f"(env KEYSEED_IDLE_TIMEOUT; default: {d.idle_timeout:g})",
+    )
+    opt(
+        "--confirm-timeout",
+        metavar="S",
+        help="seconds an arrival confirmation waits for "
+        f"the device (env KEYSEED_CONFIRM_TIMEOUT; default: {d.confirm_timeout:g})",
+    )
+    opt(
+        "--max-connections",
+        metavar="N",
+        help="device connections held at once "
+        f"(env KEYSEED_MAX_CONNECTIONS; default: {d.max_connections})",
+    )
+    opt(
+        "--log-level",
+        metavar="LEVEL",
+        help=f"debug, info, warning or error (env KEYSEED_LOG_LEVEL; default: {d.log_level})",
+    )
+    opt(
+        "--reset-admin-token",
+        action="store_true",
+        help="replace the admin token with a new one, printed once (the old one stops working)",
+    )
+    _bind(server, _run_server)
+
+
+def _run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    names = (
+        "config",
+        "data",
+        "db",
+        "host",
+        "port",
+        "admin_host",
+        "admin_port",
+        "suites",
+        "s27_timeout",
+        "handshake_timeout",
+        "idle_timeout",
+        "confirm_timeout",
+        "max_connections",
+        "log_level",
+    )
+    try:
+        config = load_config({name: getattr(args, name) for name in names})
+    except ConfigError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        asyncio.run(serve(config, reset_token=args.reset_admin_token))
+    except (DataDirError, OSError) as exc:
+        print(f"keyseed server: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
 # -- keyseed ------------------------------------------------------------------------------
 
 
@@ -168,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     _bind(parser, None)
     commands = parser.add_subparsers(metavar="COMMAND", title="commands")
     _add_bench(commands)
+    _add_server(commands)
     return parser
 
 

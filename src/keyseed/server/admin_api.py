@@ -1,0 +1,464 @@
+"""keyseed.server.admin_api
+~~~~~~~~~~~~~~~~~~~~~~~~~~~
+
+The admin API (the setup PC's side of 201/202, 208/209 and 401/402), under ``/v1/admin``,
+token-protected (``Authorization: Bearer <token>``). FastAPI builds its OpenAPI document from
+the typed routes below (``/openapi.json`` on the admin listener).
+
+Every change of a device record is a compare-and-set through the store, retried a few times
+if a device connection changed the record meanwhile, with its audit row in the same
+transaction; then the device's live connection, if any, gets the new record. Errors are JSON
+``{"error": <code name>, "detail": <text>}``: 401 ``unauthorized``, 404 ``unknown_device``,
+409 ``conflict``/``device_exists``/``not_enrolled``/..., 422 ``validation_error``. No response
+carries key material, setup codes or anything derived from them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from ..crypto import ct_equal
+from ..crypto.suites import DEFAULT_SUITE, SUITES
+from ..protocol.admin import AdminError, confirm, order_rekey, register, revoke
+from ..protocol.constants import WINDOW_DEFAULT
+from ..protocol.errors import ErrorCode, NgCause
+from ..protocol.events import AuditEntry
+from ..protocol.records import DeviceRecord
+from ..storage.repository import AuditRow
+from .runtime import Runtime
+
+log = logging.getLogger("keyseed.server.admin")
+
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+#: Compare-and-set attempts of an admin change before it answers 409.
+CAS_ATTEMPTS = 5
+
+
+class ApiError(Exception):
+    """An admin API error: HTTP status, a code name and a detail without secrets."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="Error code name, e.g. unauthorized, unknown_device.")
+    detail: Any = Field(description="What went wrong (never secrets).")
+
+
+class RegisterRequest(BaseModel):
+    """201: register a device and open its enrolment window."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="[A-Za-z0-9._-]{1,64}")
+    suite: str = Field(default=DEFAULT_SUITE, description=f"One of {', '.join(SUITES)}.")
+    setup_code: SecretStr | None = Field(
+        default=None, description="The code printed on the device: 8 to 32 digits."
+    )
+    allow_no_code: bool = Field(
+        default=False,
+        description="Register without a setup code; the device stays unconfirmed until an "
+        "admin compares its SAS (POST .../approve).",
+    )
+    window_s: float = Field(
+        default=WINDOW_DEFAULT, gt=0, le=7 * 24 * 3600, description="Enrolment window length."
+    )
+
+
+class ApproveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sas: SecretStr = Field(description="The 6-digit SAS the device shows.")
+
+
+class DeviceView(BaseModel):
+    """A device as the admin sees it: state, never key material."""
+
+    device_id: str
+    suite: str
+    epoch: int = Field(description="Epoch of the current key (0: none yet).")
+    enrolled: bool = Field(description="The server holds a key for the device.")
+    confirmed: bool = Field(description="Code-enrolled, or its SAS was compared by an admin.")
+    revoked: bool
+    online: bool = Field(description="An authenticated connection to this process is open.")
+    key_age_s: float | None = Field(description="Age of the current key (database clock).")
+    window_open: bool
+    window_expires_at: float | None = Field(description="Database time, seconds since 1970.")
+    window_failures: int
+    code_required: bool | None = Field(description="Whether the open window needs the code.")
+    pending_exchange: bool = Field(description="A 204 OK waits for its 205.")
+    owed_206: bool = Field(description="The 206 of the current epoch is not acknowledged.")
+    order_epoch: int | None = Field(description="Outstanding rekey order (epoch superseded).")
+    version: int
+
+
+class RekeyResult(BaseModel):
+    """402: the order is stored; ``delivered`` says whether the 403 left at once."""
+
+    device_id: str
+    order_epoch: int
+    delivered: bool
+    already_ordered: bool
+
+
+class ConfirmResult(BaseModel):
+    """209."""
+
+    device_id: str
+    ok: bool
+    rtt_ms: float | None
+    epoch: int
+    detail: str = Field(default="", description="offline, timeout, closed, not_open or empty.")
+
+
+class AuditView(BaseModel):
+    id: int
+    at: float
+    kind: str
+    device_id: str
+    epoch: int
+    cause: str | None = Field(description="NgCause or ErrorCode name, None for success.")
+    cause_code: int | None
+    detail: str
+
+
+class SuiteKey(BaseModel):
+    suite: str
+    public_key: str = Field(description="Wire bytes of the long-term public key, hex.")
+    fingerprint: str = Field(description="SHA-256 fingerprint a device pins, hex.")
+
+
+class _SasMismatch(Exception):
+    """The SAS an admin typed is not the device key's."""
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+_bearer = HTTPBearer(auto_error=False, description="The admin token printed on first start.")
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+async def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Bearer-token auth; the token is compared as a hash, in constant time."""
+    rt = runtime(request)
+    if credentials is None or not rt.secrets.check_token(credentials.credentials):
+        raise ApiError(401, "unauthorized", "missing or wrong admin token")
+
+
+Rt = Annotated[Runtime, Depends(runtime)]
+DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN, description="The device ID.")]
+
+
+def device_view(rt: Runtime, rec: DeviceRecord, db_now: float) -> DeviceView:
+    w = rec.window
+    return DeviceView(
+        device_id=rec.device_id,
+        suite=rec.suite,
+        epoch=rec.epoch,
+        enrolled=rec.key is not None,
+        confirmed=rec.confirmed,
+        revoked=rec.revoked,
+        online=rec.device_id in rt.hub,
+        key_age_s=None if rec.key is None else round(max(0.0, db_now - rec.key_created_at), 3),
+        window_open=w is not None and w.expires_at > db_now,
+        window_expires_at=None if w is None else w.expires_at,
+        window_failures=0 if w is None else w.failures,
+        code_required=None if w is None else w.code_required,
+        pending_exchange=rec.pending is not None,
+        owed_206=rec.owed_206,
+        order_epoch=rec.order_epoch,
+        version=rec.version,
+    )
+
+
+def _cause_name(cause: int | None) -> str | None:
+    if cause is None:
+        return None
+    for enum in (NgCause, ErrorCode):
+        try:
+            return enum(cause).name
+        except ValueError:
+            continue
+    return str(cause)
+
+
+def audit_view(row: AuditRow) -> AuditView:
+    return AuditView(
+        id=row.id,
+        at=row.at,
+        kind=row.kind,
+        device_id=row.device_id,
+        epoch=row.epoch,
+        cause=_cause_name(row.cause),
+        cause_code=row.cause,
+        detail=row.detail,
+    )
+
+
+async def load_device(rt: Runtime, device_id: str) -> tuple[DeviceRecord, float]:
+    rec, db_now = await rt.store.load(device_id)
+    if rec is None:
+        raise ApiError(404, "unknown_device", "no device with this ID is registered")
+    return rec, db_now
+
+
+async def update_device(
+    rt: Runtime,
+    device_id: str,
+    change: Callable[[DeviceRecord], DeviceRecord],
+    audit: Callable[[DeviceRecord], tuple[AuditEntry, ...]],
+) -> tuple[DeviceRecord, DeviceRecord, float]:
+    """Apply ``change`` as a compare-and-set, retried if a connection wrote meanwhile.
+
+    Returns:
+        (the record before, the record after, the database time). ``after is before`` when
+        the change changed nothing (nothing was written).
+    """
+    for _ in range(CAS_ATTEMPTS):
+        rec, db_now = await load_device(rt, device_id)
+        try:
+            new = change(rec)
+        except AdminError as exc:
+            raise ApiError(409, "not_allowed", str(exc)) from None
+        if new is rec:
+            return rec, rec, db_now
+        if await rt.store.put(new, rec.version, audit(new)):
+            return rec, new, db_now
+    raise ApiError(409, "conflict", "the device record kept changing; try again")
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or wrong admin token."},
+    422: {"model": ErrorBody, "description": "Validation error."},
+}
+_DEVICE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    404: {"model": ErrorBody, "description": "Unknown device."},
+    409: {"model": ErrorBody, "description": "Not allowed in the device's state."},
+}
+
+router = APIRouter(prefix="/v1/admin", dependencies=[Depends(require_token)], tags=["admin"])
+
+
+@router.post(
+    "/devices",
+    status_code=201,
+    response_model=DeviceView,
+    responses={**_ERRORS, 409: {"model": ErrorBody, "description": "Device exists."}},
+    summary="201/202: register a device and open its enrolment window",
+)
+async def register_device(body: RegisterRequest, rt: Rt) -> DeviceView:
+    code = None if body.setup_code is None else body.setup_code.get_secret_value()
+    for _ in range(CAS_ATTEMPTS):
+        existing, db_now = await rt.store.load(body.device_id)
+        if existing is not None and not existing.revoked and existing.key is not None:
+            raise ApiError(409, "device_exists", "device is enrolled; revoke it first")
+        try:
+            rec = register(
+                existing,
+                device_id=body.device_id,
+                suite=body.suite,
+                setup_code=code,
+                window_s=body.window_s,
+                db_now=db_now,
+                entropy=os.urandom,
+                allow_no_code=body.allow_no_code,
+            )
+        except AdminError as exc:
+            raise ApiError(422, "validation_error", str(exc)) from None
+        if rec.suite not in rt.ctx.keys:
+            raise ApiError(422, "validation_error", "suite is not enabled on this server")
+        audit = (
+            AuditEntry(
+                kind="registered",
+                device_id=rec.device_id,
+                epoch=rec.epoch,
+                detail=f"suite={rec.suite} code={'yes' if code else 'no'} "
+                f"window={body.window_s:g}s",
+            ),
+        )
+        ok = (
+            await rt.store.insert(rec, audit)
+            if existing is None
+            else await rt.store.put(rec, existing.version, audit)
+        )
+        if ok:
+            log.info("201 device=%s suite=%s", rec.device_id, rec.suite)
+            await rt.hub.record_changed(rec, db_now)
+            return device_view(rt, rec, db_now)
+    raise ApiError(409, "conflict", "the device record kept changing; try again")
+
+
+@router.get("/devices", response_model=list[DeviceView], responses=_ERRORS)
+async def list_devices(rt: Rt) -> list[DeviceView]:
+    db_now = await rt.store.db_now()
+    return [device_view(rt, rec, db_now) for rec in await rt.store.list_devices()]
+
+
+@router.get("/devices/{device_id}", response_model=DeviceView, responses=_DEVICE_ERRORS)
+async def show_device(device_id: DeviceId, rt: Rt) -> DeviceView:
+    rec, db_now = await load_device(rt, device_id)
+    return device_view(rt, rec, db_now)
+
+
+@router.post(
+    "/devices/{device_id}/rekey",
+    status_code=202,
+    response_model=RekeyResult,
+    responses=_DEVICE_ERRORS,
+    summary="401/402: order a rekey by proxy (403 over the device's channel)",
+)
+async def rekey_device(device_id: DeviceId, rt: Rt) -> RekeyResult:
+    before, rec, db_now = await update_device(
+        rt,
+        device_id,
+        order_rekey,
+        lambda new: (
+            AuditEntry(
+                kind="rekey_ordered", device_id=new.device_id, epoch=new.epoch, detail="401"
+            ),
+        ),
+    )
+    assert rec.order_epoch is not None
+    delivered = await rt.hub.deliver_order(rec, db_now)
+    log.info("402 device=%s order_epoch=%d live=%s", device_id, rec.order_epoch, delivered)
+    return RekeyResult(
+        device_id=device_id,
+        order_epoch=rec.order_epoch,
+        delivered=delivered,
+        already_ordered=rec is before,
+    )
+
+
+@router.post(
+    "/devices/{device_id}/confirm",
+    response_model=ConfirmResult,
+    responses=_DEVICE_ERRORS,
+    summary="208/209: arrival confirmation (207 with the device)",
+)
+async def confirm_device(device_id: DeviceId, rt: Rt) -> ConfirmResult:
+    rec, _ = await load_device(rt, device_id)
+    if rec.revoked or rec.key is None:
+        raise ApiError(409, "not_enrolled", "the device holds no key")
+    result = await rt.hub.confirm(rec, rt.config.confirm_timeout)
+    outcome = "ok" if result.ok else ("offline" if result.detail == "offline" else "failed")
+    rt.metrics.confirmation(outcome)
+    detail = f"rtt_ms={result.rtt_ms}" if result.ok else result.detail
+    await rt.store.add_audit(
+        [
+            AuditEntry(
+                kind="confirmed" if result.ok else "confirm_failed",
+                device_id=device_id,
+                epoch=result.epoch,
+                detail=detail,
+            )
+        ]
+    )
+    return ConfirmResult(
+        device_id=device_id,
+        ok=result.ok,
+        rtt_ms=result.rtt_ms,
+        epoch=result.epoch,
+        detail=result.detail,
+    )
+
+
+@router.post(
+    "/devices/{device_id}/approve",
+    response_model=DeviceView,
+    responses=_DEVICE_ERRORS,
+    summary="Confirm a device enrolled without a code, by its SAS",
+)
+async def approve_device(device_id: DeviceId, body: ApproveRequest, rt: Rt) -> DeviceView:
+    sas = body.sas.get_secret_value().encode("utf-8", "surrogatepass")
+
+    def change(rec: DeviceRecord) -> DeviceRecord:
+        if rec.revoked or rec.key is None:
+            raise AdminError("only an enrolled device can be approved")
+        if not ct_equal(rec.key.sas().encode(), sas):
+            raise _SasMismatch
+        return confirm(rec)
+
+    try:
+        _, rec, db_now = await update_device(
+            rt,
+            device_id,
+            change,
+            lambda new: (AuditEntry(kind="approved", device_id=new.device_id, epoch=new.epoch),),
+        )
+    except _SasMismatch:
+        await rt.store.add_audit(
+            [AuditEntry(kind="approve_failed", device_id=device_id, epoch=0, detail="SAS")]
+        )
+        raise ApiError(409, "sas_mismatch", "the SAS does not match the device's key") from None
+    await rt.hub.record_changed(rec, db_now)
+    return device_view(rt, rec, db_now)
+
+
+@router.post(
+    "/devices/{device_id}/revoke",
+    response_model=DeviceView,
+    responses=_DEVICE_ERRORS,
+    summary="Revoke a device: retire its keys and seeds, fence its connections",
+)
+async def revoke_device(device_id: DeviceId, rt: Rt) -> DeviceView:
+    _, rec, db_now = await update_device(
+        rt,
+        device_id,
+        lambda rec: rec if rec.revoked else revoke(rec),
+        lambda new: (AuditEntry(kind="revoked", device_id=new.device_id, epoch=new.epoch),),
+    )
+    await rt.hub.record_changed(rec, db_now)
+    log.info("revoked device=%s", device_id)
+    return device_view(rt, rec, db_now)
+
+
+@router.get("/audit", response_model=list[AuditView], responses=_ERRORS)
+async def read_audit(
+    rt: Rt,
+    device_id: Annotated[str | None, Query(pattern=DEVICE_ID_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before_id: Annotated[int | None, Query(ge=1)] = None,
+) -> list[AuditView]:
+    """The audit log, newest first; page with ``before_id`` = the last id seen."""
+    rows = await rt.store.audit(device_id=device_id, limit=limit, before_id=before_id)
+    return [audit_view(r) for r in rows]
+
+
+@router.get("/keys", response_model=list[SuiteKey], responses=_ERRORS)
+async def server_keys(rt: Rt) -> list[SuiteKey]:
+    """The long-term public keys and the fingerprints devices pin."""
+    return [
+        SuiteKey(
+            suite=name,
+            public_key=key.public_key.raw.hex(),
+            fingerprint=key.public_key.fingerprint.hex(),
+        )
+        for name, key in rt.secrets.keys.items()
+    ]
+
+
+__all__ = ["ApiError", "router"]

@@ -1,0 +1,147 @@
+"""keyseed.server.app
+~~~~~~~~~~~~~~~~~~~~~
+
+The two ASGI applications of one server, one per listener:
+
+* :func:`device_app` (``--port``): ``/v1/device`` (the device channel) and ``/healthz``, and
+  nothing else. It is plain Starlette routing: one WebSocket route needs no more, and nothing
+  of the admin surface can leak onto the listener devices reach.
+* :func:`admin_app` (``--admin-port``, loopback by default): the admin API under ``/v1/admin``,
+  ``/metrics``, ``/healthz``, and the OpenAPI document. FastAPI, because its typed routes give
+  the OpenAPI document and request validation for free.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from .. import __version__
+from .admin_api import ApiError, router
+from .device_channel import device_endpoint
+from .runtime import Runtime
+
+log = logging.getLogger("keyseed.server")
+
+_HTTP_ERRORS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    422: "validation_error",
+}
+
+
+def _error(
+    status: int, error: str, detail: Any, headers: Mapping[str, str] | None = None
+) -> Response:
+    return JSONResponse(
+        {"error": error, "detail": detail},
+        status_code=status,
+        headers=None if headers is None else dict(headers),
+    )
+
+
+async def _healthz(request: Request) -> Response:
+    """Alive, and the database answers."""
+    rt: Runtime = request.app.state.runtime
+    try:
+        await rt.store.db_now()
+    except Exception:
+        log.exception("health check: database")
+        return JSONResponse({"status": "unavailable"}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return _error(404, "not_found", "no such route")
+
+
+def device_app(rt: Runtime) -> Starlette:
+    """The device listener: ``/v1/device`` and ``/healthz`` only."""
+    app = Starlette(
+        routes=[
+            WebSocketRoute("/v1/device", device_endpoint),
+            Route("/healthz", _healthz, methods=["GET"]),
+        ],
+        exception_handlers={404: _not_found},
+    )
+    app.state.runtime = rt
+    return app
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return _error(exc.status, exc.error, exc.detail, headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return _error(
+        exc.status_code, _HTTP_ERRORS.get(exc.status_code, "error"), exc.detail, exc.headers
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    # Only where and what: pydantic would echo the input, which may hold a setup code.
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return _error(422, "validation_error", detail)
+
+
+def admin_app(rt: Runtime) -> FastAPI:
+    """The admin listener: admin API, ``/metrics``, ``/healthz``, OpenAPI."""
+    app = FastAPI(
+        title="keyseed admin API",
+        version=__version__,
+        description="Register devices (201/202), order rekeys by proxy (401/402), confirm "
+        "arrival (208/209), approve, revoke, read the audit log. Bearer-token auth.",
+        exception_handlers={
+            ApiError: _api_error,
+            StarletteHTTPException: _http_error,
+            RequestValidationError: _validation_error,
+        },
+    )
+    app.state.runtime = rt
+    app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz(request: Request) -> Response:
+        return await _healthz(request)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        return Response(rt.metrics.render(), media_type=rt.metrics.content_type)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        return JSONResponse(
+            {
+                "service": "keyseed admin",
+                "version": __version__,
+                "api": "/v1/admin",
+                "openapi": "/openapi.json",
+            }
+        )
+
+    return app
+
+
+__all__ = ["admin_app", "device_app"]

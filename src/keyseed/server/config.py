@@ -1,0 +1,187 @@
+"""keyseed.server.config
+~~~~~~~~~~~~~~~~~~~~~~~~
+
+:class:`ServerConfig`, documented field by field, and :func:`load_config`, which merges its
+three sources in this order of precedence: command-line flags, then environment variables
+(``KEYSEED_<FIELD>``, for example ``KEYSEED_ADMIN_PORT``), then a TOML file (``--config`` or
+``KEYSEED_CONFIG``), then the defaults below. A field, its flag, its variable and its TOML key
+share one name: ``admin_port``, ``--admin-port``, ``KEYSEED_ADMIN_PORT``, ``admin_port``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..crypto.suites import SUITES
+from ..protocol.constants import HANDSHAKE_TIMEOUT, S27_TIMEOUT
+
+ENV_PREFIX = "KEYSEED_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """Everything ``keyseed server`` can be told. Durations are seconds."""
+
+    data: Path = Path("keyseed-data")
+    """Data folder: long-term key per suite, master key, admin token hash, SQLite database.
+    Created (mode 0700) on the first start."""
+
+    db: str | None = None
+    """SQLAlchemy URL of the database. Default: ``sqlite+aiosqlite:///<data>/keyseed.db``.
+    PostgreSQL: ``postgresql+asyncpg://user@host:5432/dbname``."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - devices connect from the network
+    """Address of the device listener (``/v1/device`` and ``/healthz`` only)."""
+
+    port: int = 8700
+    """Port of the device listener (0: any free port)."""
+
+    admin_host: str = "127.0.0.1"
+    """Address of the admin listener (admin API, dashboard, ``/metrics``, ``/healthz``).
+    Loopback by default: expose it only behind something that authenticates."""
+
+    admin_port: int = 8701
+    """Port of the admin listener (0: any free port)."""
+
+    suites: tuple[str, ...] = ("hpke-x25519",)
+    """PKE suites the server enables; it holds one long-term key per suite."""
+
+    s27_timeout: float = S27_TIMEOUT
+    """S27: how long a pending exchange waits for its 205."""
+
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    """Deadline for HELLO and FIN (and for the 203 of an enrolment connection)."""
+
+    idle_timeout: float = 600.0
+    """A device connection that sends no frame for this long is closed (TIMEOUT)."""
+
+    confirm_timeout: float = 10.0
+    """How long an arrival confirmation (208) waits for the device's 207 pong."""
+
+    max_connections: int = 10_000
+    """Device connections this process holds at once; more are refused at once."""
+
+    log_level: str = "info"
+    """Log level of the server and of uvicorn: debug, info, warning, error."""
+
+    config: Path | None = field(default=None, compare=False)
+    """The TOML file the configuration was read from, if any."""
+
+    @property
+    def db_url(self) -> str:
+        """The database URL in force."""
+        if self.db:
+            return self.db
+        return f"sqlite+aiosqlite:///{self.data.resolve() / 'keyseed.db'}"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}
+
+
+def _convert(name: str, value: Any) -> Any:
+    """Turn a value from any source (a string from the environment, a TOML value, a flag)
+    into the field's type, or raise ConfigError."""
+    try:
+        if name in ("data", "config"):
+            return Path(value)
+        if name in ("port", "admin_port", "max_connections"):
+            if isinstance(value, bool):
+                raise ValueError
+            number = int(value)
+            low = 1 if name == "max_connections" else 0
+            if not low <= number <= (65535 if name != "max_connections" else 10**7):
+                raise ValueError
+            return number
+        if name in ("s27_timeout", "handshake_timeout", "idle_timeout", "confirm_timeout"):
+            if isinstance(value, bool):
+                raise ValueError
+            seconds = float(value)
+            if not 0 < seconds <= 86_400:
+                raise ValueError
+            return seconds
+        if name == "suites":
+            names = value.split(",") if isinstance(value, str) else list(value)
+            names = [str(n).strip() for n in names if str(n).strip()]
+            if not names or any(n not in SUITES for n in names):
+                raise ValueError
+            return tuple(dict.fromkeys(names))
+        if name == "log_level":
+            level = str(value).lower()
+            if level not in ("debug", "info", "warning", "error"):
+                raise ValueError
+            return level
+        if name == "db":
+            return None if value in (None, "") else str(value)
+        if name in ("host", "admin_host"):
+            if not isinstance(value, str) or not value:
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"bad value for {name}") from None
+    raise ConfigError(f"unknown setting {name}")  # pragma: no cover
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    table = raw.get("server", raw)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [server] is not a table")
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in _FIELDS or name == "config":
+            raise ConfigError(f"{path}: unknown setting {key!r}")
+        out[name] = value
+    return out
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _FIELDS:
+        value = env.get(ENV_PREFIX + name.upper())
+        if value is not None and name != "config":
+            out[name] = value
+    return out
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Merge flags > environment > TOML file > defaults.
+
+    Args:
+        flags: values given on the command line (None: not given), keyed by field name.
+        env: the environment (default ``os.environ``).
+
+    Raises:
+        ConfigError: a value is invalid, or the TOML file cannot be read.
+    """
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = os.environ if env is None else env
+    path = flags.get("config") or env.get(ENV_PREFIX + "CONFIG")
+    merged: dict[str, Any] = {}
+    if path:
+        merged.update(_from_toml(Path(path)))
+    merged.update(_from_env(env))
+    merged.update({k: v for k, v in flags.items() if k != "config"})
+    values = {name: _convert(name, value) for name, value in merged.items()}
+    return ServerConfig(config=Path(path) if path else None, **values)
+
+
+__all__ = ["ENV_PREFIX", "ConfigError", "ServerConfig", "load_config"]

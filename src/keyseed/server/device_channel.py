@@ -1,0 +1,350 @@
+"""keyseed.server.device_channel
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+
+``/v1/device``: one WebSocket per device connection, driving one
+:class:`~keyseed.protocol.server.ServerProtocol`. The driver is thin and runs the same loop
+after every input (a frame, the end of the stream, a timer, an admin action)::
+
+    load records the core asks for -> commit StoreRecord compare-and-sets (store_failed() on
+    a lost one) -> send messages_to_send() -> close if close_expected() -> dispatch the other
+    events (hub, metrics, audit, the server app) -> re-arm the timer from get_timer()
+
+Durable changes are committed *before* the messages that depend on them leave (rule 1 and
+rule 6). Everything the core does for one connection happens under that connection's lock,
+so an admin action (403, 207, a revocation) never interleaves with a frame half processed.
+
+Bad input never crashes anything: the core turns it into CLOSE(code); a text frame is
+MALFORMED; a frame over the transport cap is closed by the WebSocket layer (1009); a
+connection that stays silent past the idle timeout is closed with TIMEOUT. The WebSocket close
+code is 1000 for a normal close and ``4000 + ErrorCode`` for a failure, so a client sees the
+same code in the CLOSE frame and in the close handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ..protocol.errors import ErrorCode, NgCause
+from ..protocol.events import (
+    AppDataReceived,
+    AuditEntry,
+    ConnectionClosed,
+    Event,
+    ExchangeExpiredEvent,
+    ExchangeFailed,
+    HandshakeComplete,
+    KeyEstablished,
+    PeerConfirmed,
+    StoreRecord,
+)
+from ..protocol.server import ServerProtocol
+from ..protocol.states import ServerState
+from .metrics import CAUSE_EXPIRED
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+log = logging.getLogger("keyseed.server.device")
+
+T = TypeVar("T")
+
+#: WebSocket close code of a failure: 4000 + ErrorCode.
+WS_CODE_BASE = 4000
+#: Frames a connection may have queued between the socket and the core.
+_QUEUE = 8
+_EOF = object()
+
+
+def ws_close_code(code: ErrorCode) -> int:
+    """The WebSocket close code that carries ``code``."""
+    return 1000 if code is ErrorCode.NORMAL else WS_CODE_BASE + int(code)
+
+
+class DeviceConnection:
+    """One device WebSocket and the core that serves it."""
+
+    def __init__(self, rt: Runtime, ws: WebSocket) -> None:
+        # Shared server state (context, store, hub, metrics, the server app).
+        self.rt = rt
+        # The transport.
+        self.ws = ws
+        # The sans-I/O core of this connection.
+        self.proto = ServerProtocol(rt.ctx, now=time.monotonic())
+        # Serialises frames, timers and admin actions on this core.
+        self.lock = asyncio.Lock()
+        # 207 pings the admin asked for: token -> future of their PeerConfirmed.
+        self.pings: dict[bytes, asyncio.Future[PeerConfirmed]] = {}
+        # Set once the transport is closed (or given up on).
+        self.closed = False
+        # Device ID once a key is proven on this connection (the hub knows it by that).
+        self.device_id: str | None = None
+        # Monotonic deadline of the idle timeout.
+        self._idle_deadline = time.monotonic() + rt.config.idle_timeout
+
+    @property
+    def pending(self) -> bool:
+        """Whether this connection holds an exchange waiting for its 205."""
+        return self.proto.state is ServerState.PENDING_205
+
+    # -- the connection's life ------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Accept the WebSocket and run the connection until it closes."""
+        await self.ws.accept()
+        queue: asyncio.Queue[object] = asyncio.Queue(_QUEUE)
+        reader = asyncio.create_task(self._read(queue))
+        try:
+            while not self.closed:
+                now = time.monotonic()
+                timer = self.proto.get_timer()
+                deadline = min(self._idle_deadline, math.inf if timer is None else timer)
+                try:
+                    item = await asyncio.wait_for(queue.get(), max(0.0, deadline - now))
+                except TimeoutError:
+                    await self._on_deadline()
+                    continue
+                await self._on_item(item)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            await self._shutdown()
+
+    async def _read(self, queue: asyncio.Queue[object]) -> None:
+        """Move frames from the socket to the queue (bounded: a fast sender waits)."""
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                data = message.get("bytes")
+                await queue.put(data if data is not None else ("text", message.get("text")))
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+        await queue.put(_EOF)
+
+    async def _on_item(self, item: object) -> None:
+        async with self.lock:
+            now = time.monotonic()
+            if item is _EOF:
+                self.proto.receive_eof()
+                self.closed = True
+            elif isinstance(item, bytes):
+                self._idle_deadline = now + self.rt.config.idle_timeout
+                self.proto.receive_message(item, now)
+            else:
+                # One protocol message per *binary* frame; text is not this protocol.
+                self.proto.fail(ErrorCode.MALFORMED, "text frame")
+            await self._after_input()
+
+    async def _on_deadline(self) -> None:
+        async with self.lock:
+            now = time.monotonic()
+            if now >= self._idle_deadline:
+                self.proto.fail(ErrorCode.TIMEOUT, "idle")
+            else:
+                self.proto.handle_timer(now)
+            await self._after_input()
+
+    async def call(self, action: Callable[[ServerProtocol, float], T]) -> T:
+        """Run an admin action on the core (403, 207, a newer record) and flush its output.
+
+        Raises:
+            whatever ``action`` raises (LocalProtocolError when the connection cannot send).
+        """
+        async with self.lock:
+            if self.closed:
+                raise ConnectionError("connection closed")
+            try:
+                return action(self.proto, time.monotonic())
+            finally:
+                await self._after_input()
+
+    async def close_now(self) -> None:
+        """Close the connection normally (server shutdown)."""
+        async with self.lock:
+            if not self.closed:
+                self.proto.close()
+                await self._after_input()
+
+    # -- the driver loop ------------------------------------------------------------------
+
+    async def _after_input(self) -> None:
+        """Commit, send, close, dispatch; repeated while dispatching produces more output."""
+        for _ in range(16):
+            events = await self._commit()
+            await self._send(self.proto.messages_to_send())
+            if self.proto.close_expected() and not self.closed:
+                await self._close(events)
+            more = await self._dispatch(events)
+            if not more:
+                return
+
+    async def _commit(self) -> list[Event]:
+        """Records in, durable events committed; returns every event of the round."""
+        store = self.rt.store
+        events: list[Event] = []
+        try:
+            while True:
+                while (device_id := self.proto.wants_record()) is not None:
+                    record, db_now = await store.load(device_id)
+                    self.proto.provide_record(record, db_now, time.monotonic())
+                batch = self.proto.events_received()
+                if not batch:
+                    return events
+                for ev in batch:
+                    if isinstance(ev, StoreRecord) and not await store.cas(ev):
+                        log.info("compare-and-set lost device=%s", ev.record.device_id)
+                        self.proto.store_failed()
+                    events.append(ev)
+        except Exception:
+            # The database failed: nothing that depended on it may be sent.
+            log.exception("storage failed")
+            self.proto.messages_to_send()
+            self.proto.events_received()
+            self.rt.metrics.frame_error(ErrorCode.INTERNAL)
+            await self._close_transport(ws_close_code(ErrorCode.INTERNAL))
+            return events
+
+    async def _send(self, frames: list[bytes]) -> None:
+        if self.closed:
+            return
+        try:
+            for frame in frames:
+                await self.ws.send_bytes(frame)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self.closed = True
+
+    async def _close(self, events: list[Event]) -> None:
+        code = ErrorCode.NORMAL
+        for ev in events:
+            if isinstance(ev, ConnectionClosed) and not ev.by_peer:
+                code = ev.code
+        await self._close_transport(ws_close_code(code))
+
+    async def _close_transport(self, code: int) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):
+            await self.ws.close(code)
+
+    async def _dispatch(self, events: list[Event]) -> bool:
+        """Act on the informational events. Returns whether the core has new output."""
+        rt = self.rt
+        committed = {
+            (a.kind, a.device_id) for ev in events if isinstance(ev, StoreRecord) for a in ev.audit
+        }
+        more = False
+        for ev in events:
+            if isinstance(ev, HandshakeComplete):
+                log.info(
+                    "< HELLO device=%s epoch=%d auth=%s", ev.device_id, ev.epoch, ev.authenticated
+                )
+                if ev.authenticated:
+                    self._attach(ev.device_id)
+            elif isinstance(ev, KeyEstablished):
+                log.info("> 206 device=%s epoch=%d", ev.device_id, ev.epoch)
+                rt.metrics.exchange_ok()
+                self._attach(ev.device_id)
+            elif isinstance(ev, ExchangeFailed):
+                cause = ev.cause or NgCause.BUSY
+                log.info("> 204 NG device=%s epoch=%d %s", ev.device_id, ev.epoch, cause.name)
+                rt.metrics.exchange_ng(cause)
+                if ("204_ng", ev.device_id) not in committed:
+                    # No record changed (unknown ID, revoked, window closed ...): the cause
+                    # still goes to the audit log, rate-limited so a flood cannot grow it.
+                    await rt.limited_audit(
+                        AuditEntry(
+                            kind="204_ng",
+                            device_id=ev.device_id,
+                            epoch=ev.epoch,
+                            cause=int(cause),
+                        )
+                    )
+            elif isinstance(ev, ExchangeExpiredEvent):
+                log.info("S27 expired device=%s epoch=%d", ev.device_id, ev.epoch)
+                rt.metrics.exchange_ng(CAUSE_EXPIRED)
+            elif isinstance(ev, PeerConfirmed):
+                fut = self.pings.pop(ev.token, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(ev)
+            elif isinstance(ev, AppDataReceived):
+                more |= await self._app(ev)
+            elif isinstance(ev, ConnectionClosed):
+                self._on_closed(ev)
+        return more
+
+    async def _app(self, ev: AppDataReceived) -> bool:
+        try:
+            reply = await self.rt.app.handle(ev.device_id, ev.data)
+        except Exception:
+            log.exception("server app failed device=%s", ev.device_id)
+            return False
+        if reply is None or self.closed:
+            return False
+        try:
+            self.proto.send_app(reply, time.monotonic())
+        except Exception as exc:  # the key is past its limit, the connection is closing ...
+            log.info("app reply not sent device=%s: %s", ev.device_id, type(exc).__name__)
+            return False
+        return True
+
+    def _on_closed(self, ev: ConnectionClosed) -> None:
+        device_id = self.proto.device_id
+        if not ev.by_peer and ev.code is not ErrorCode.NORMAL:
+            self.rt.metrics.frame_error(ev.code)
+            log.info("> CLOSE %s device=%s", ev.code.name, device_id or "-")
+            if ev.code is ErrorCode.HANDSHAKE_REFUSED and device_id is not None:
+                self.rt.spawn_audit(
+                    AuditEntry(
+                        kind="handshake_refused",
+                        device_id=device_id,
+                        epoch=0,
+                        cause=int(ev.code),
+                    )
+                )
+        for fut in self.pings.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("connection closed"))
+        self.pings.clear()
+
+    def _attach(self, device_id: str) -> None:
+        if self.device_id is None:
+            self.device_id = device_id
+            self.rt.hub.attach(device_id, self)
+
+    async def _shutdown(self) -> None:
+        async with self.lock:
+            if self.proto.state is not ServerState.CLOSED:
+                self.proto.receive_eof()
+                await self._dispatch(self.proto.events_received())
+            await self._close_transport(1000)
+        if self.device_id is not None:
+            self.rt.hub.detach(self.device_id, self)
+        self.rt.connections.discard(self)
+
+
+async def device_endpoint(ws: WebSocket) -> None:
+    """The ``/v1/device`` route."""
+    rt: Runtime = ws.app.state.runtime
+    if len(rt.connections) >= rt.config.max_connections:
+        await ws.close(ws_close_code(ErrorCode.RATE_LIMITED))
+        return
+    conn = DeviceConnection(rt, ws)
+    rt.connections.add(conn)
+    try:
+        await conn.serve()
+    finally:
+        rt.connections.discard(conn)
+
+
+__all__ = ["WS_CODE_BASE", "DeviceConnection", "device_endpoint", "ws_close_code"]

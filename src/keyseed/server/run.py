@@ -1,0 +1,186 @@
+"""keyseed.server.run
+~~~~~~~~~~~~~~~~~~~~~
+
+Both listeners of one server in one process, on one event loop: two ``uvicorn.Server``
+instances (device and admin) served together with ``asyncio.gather``, sharing one
+:class:`~keyseed.server.runtime.Runtime`. uvicorn's own signal capture is turned off (two
+servers would fight over the handlers); :func:`serve` installs one handler that stops both.
+
+Shutdown is graceful: device connections get a normal CLOSE first, then both listeners stop,
+then the store closes. A SIGKILL loses nothing either: every change was committed before the
+reply that depended on it left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+from typing import TextIO
+
+import uvicorn
+
+from ..protocol.constants import MAX_FRAME
+from ..storage.repository import Store
+from .app import admin_app, device_app
+from .apps import ServerApp
+from .config import ServerConfig
+from .datadir import Secrets, open_data_dir
+from .runtime import Runtime, open_runtime
+
+log = logging.getLogger("keyseed.server")
+
+#: Transport cap on one WebSocket message. Frames up to this size reach the core, which
+#: refuses anything over its own caps (4 KiB before the handshake, 64 KiB after) with
+#: CLOSE(FRAME_TOO_LARGE); bigger ones are closed by the WebSocket layer (1009).
+WS_MAX_SIZE = 4 * MAX_FRAME
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to :func:`serve`."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class RunningServer:
+    """Both listeners, started. Build it with :func:`start_server`; stop it with :meth:`stop`."""
+
+    def __init__(self, rt: Runtime, device: _Server, admin: _Server) -> None:
+        #: What both listeners share.
+        self.rt = rt
+        self._servers = (device, admin)
+        self._task: asyncio.Future[list[None]] | None = None
+
+    @property
+    def device_port(self) -> int:
+        return _bound_port(self._servers[0])
+
+    @property
+    def admin_port(self) -> int:
+        return _bound_port(self._servers[1])
+
+    async def _start(self) -> None:
+        self._task = asyncio.gather(*(s.serve() for s in self._servers))
+        while not all(s.started for s in self._servers):
+            if self._task.done():
+                await self._task  # raises what failed (a port in use, ...)
+                raise RuntimeError("a listener stopped during startup")
+            await asyncio.sleep(0.01)
+
+    async def wait(self) -> None:
+        """Until both listeners have stopped."""
+        assert self._task is not None
+        await self._task
+
+    def request_stop(self) -> None:
+        """Ask both listeners to stop (from a signal handler)."""
+        for s in self._servers:
+            s.should_exit = True
+
+    async def stop(self) -> None:
+        """Close device connections normally, stop both listeners, close the store."""
+        for conn in list(self.rt.connections):
+            with contextlib.suppress(Exception):
+                await conn.close_now()
+        self.request_stop()
+        if self._task is not None:
+            with contextlib.suppress(Exception, SystemExit):
+                await self._task
+        await self.rt.close()
+
+
+def _bound_port(server: uvicorn.Server) -> int:
+    for srv in server.servers:
+        for sock in srv.sockets:
+            port: int = sock.getsockname()[1]
+            return port
+    raise RuntimeError("not listening")
+
+
+def _uvicorn_config(app: object, host: str, port: int, log_level: str) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        lifespan="off",
+        log_config=None,
+        log_level=log_level,
+        access_log=False,
+        ws_max_size=WS_MAX_SIZE,
+        # Frames are ciphertext: compression gains nothing and costs memory per connection.
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+
+
+async def start_server(
+    config: ServerConfig,
+    *,
+    store: Store | None = None,
+    app: ServerApp | None = None,
+    secrets: Secrets | None = None,
+) -> RunningServer:
+    """Open the runtime and start both listeners (ports 0: any free port)."""
+    rt = await open_runtime(config, store=store, app=app, secrets=secrets)
+    level = config.log_level
+    device = _Server(_uvicorn_config(device_app(rt), config.host, config.port, level))
+    admin = _Server(_uvicorn_config(admin_app(rt), config.admin_host, config.admin_port, level))
+    running = RunningServer(rt, device, admin)
+    try:
+        await running._start()
+    except BaseException:
+        running.request_stop()
+        await rt.close()
+        raise
+    return running
+
+
+def banner(secrets: Secrets, running: RunningServer, config: ServerConfig) -> str:
+    """What ``keyseed server`` prints at start: fingerprints, listeners, and the admin token
+    when this start created it (the only time it is ever shown)."""
+    lines = []
+    for suite, fp in secrets.fingerprints().items():
+        new = " (new)" if suite in secrets.created else ""
+        lines.append(f"server key {suite}{new}: fingerprint {fp}")
+    if secrets.new_token is not None:
+        lines.append(f"admin token (shown once; store it now): {secrets.new_token}")
+    lines.append(f"device listener: ws://{config.host}:{running.device_port}/v1/device")
+    lines.append(f"admin listener: http://{config.admin_host}:{running.admin_port}/v1/admin")
+    return "\n".join(lines)
+
+
+async def serve(
+    config: ServerConfig,
+    *,
+    out: TextIO | None = None,
+    app: ServerApp | None = None,
+    reset_token: bool = False,
+) -> None:
+    """``keyseed server``: initialise or load the data folder, start both listeners, print
+    the banner, and run until SIGINT or SIGTERM."""
+    out = out or sys.stdout
+    secrets = open_data_dir(config.data, config.suites, reset_token=reset_token)
+    running = await start_server(config, app=app, secrets=secrets)
+    print(banner(secrets, running, config), file=out, flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.ensure_future(running.wait())
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        await running.stop()
+        print("keyseed server stopped", file=out, flush=True)
+
+
+__all__ = ["WS_MAX_SIZE", "RunningServer", "banner", "serve", "start_server"]
