@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from conftest import Server, start_at
 from devclient import frame_type, raw_close_code
+from servkit import Server, start_at
 from test_flows_e2e import enrol, seed_at
 
 from keyseed.protocol.errors import ErrorCode

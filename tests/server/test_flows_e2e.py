@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from conftest import Server
+from servkit import Server
 
 from keyseed.protocol.events import (
     AppDataReceived,

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from conftest import MASTER_KEY, Backend, pg_execute
+from storekit import MASTER_KEY, Backend, pg_execute
 
 from keyseed.crypto.schedule import SharedKey
 from keyseed.loopback import DeviceDisk, make_context
