@@ -14,7 +14,7 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .aead import AEAD_KEY_LEN, AEAD_NONCE_LEN
-from .kdf import ct_equal, expand, extract, hkdf, hmac_sha256, lp
+from .kdf import HmacKey, ct_equal, expand, extract, hkdf, hmac_sha256, lp
 
 #: Protocol version bound into every derivation.
 VERSION = 1
@@ -59,6 +59,22 @@ SCRYPT_R = 8
 SCRYPT_P = 1
 
 
+# The fixed ``info`` of the derivations that bind no context.
+_LP_KEY_ID = lp(L_KEY_ID)
+_LP_CONTINUITY = lp(L_CONTINUITY)
+_LP_HS_KEY = lp(L_HS_KEY)
+_LP_SAS = lp(L_SAS)
+_LP_REJECT = lp(L_REJECT)
+_LP_POOL_INIT = lp(L_POOL_INIT)
+_LP_POOL_ABSORB = lp(L_POOL_ABSORB)
+_LP_TRAFFIC_KEY = lp(L_TRAFFIC_KEY)
+# lp(label, VERSION, ...) is lp(label, VERSION) followed by lp(...): the fixed head once.
+_LP_K = lp(L_K, VERSION)
+_LP_P_INFO = lp(L_P_INFO, VERSION)
+_LP_AUTH = lp(L_AUTH, VERSION)
+_LP_TRAFFIC_IV = lp(L_TRAFFIC_IV)
+
+
 class SharedKey:
     """A key shared by a device and the server (the scheme's K), with its subkeys.
 
@@ -66,17 +82,20 @@ class SharedKey:
     only the public key id.
     """
 
-    __slots__ = ("_hs", "_raw", "continuity", "key_id")
+    __slots__ = ("_hs", "_prk", "_raw", "continuity", "key_id")
 
     def __init__(self, raw: bytes) -> None:
         if len(raw) != KEY_LEN:
             raise ValueError("a shared key is 32 bytes")
         self._raw = bytes(raw)
+        # The key as HKDF-Expand's PRK, keyed once for all its subkeys.
+        self._prk = HmacKey(self._raw)
         #: Public name of the key: the id HELLO and HELLO_ACK carry.
-        self.key_id = expand(raw, lp(L_KEY_ID), KEY_ID_LEN)
+        self.key_id = self._prk.expand(_LP_KEY_ID, KEY_ID_LEN)
         #: Key of the continuity authenticator A for the exchange that replaces this key.
-        self.continuity = expand(raw, lp(L_CONTINUITY), KEY_LEN)
-        self._hs = expand(raw, lp(L_HS_KEY), KEY_LEN)
+        self.continuity = self._prk.expand(_LP_CONTINUITY, KEY_LEN)
+        # The handshake subkey, keyed for mac().
+        self._hs = HmacKey(self._prk.expand(_LP_HS_KEY, KEY_LEN))
 
     @property
     def raw(self) -> bytes:
@@ -85,11 +104,11 @@ class SharedKey:
 
     def mac(self, label: str, *fields: bytes | str | int) -> bytes:
         """HMAC-SHA256 under the handshake subkey over ``lp(label, *fields)``."""
-        return hmac_sha256(self._hs, lp(label, *fields))
+        return self._hs.mac(lp(label, *fields))
 
     def sas(self) -> str:
         """Six-digit short authentication string, for a device enrolled without a code."""
-        value = int.from_bytes(expand(self._raw, lp(L_SAS), 8), "big") % 1_000_000
+        value = int.from_bytes(self._prk.expand(_LP_SAS, 8), "big") % 1_000_000
         return f"{value:06d}"
 
     def __eq__(self, other: object) -> bool:
@@ -115,7 +134,7 @@ def derive_k(
     h203: bytes,
 ) -> SharedKey:
     """S05: K = HKDF-SHA256(salt = R0, ikm = R1, info = lp(label, context...)), 32 bytes."""
-    info = lp(L_K, VERSION, suite, device_id, epoch, seed_id, server_fp, prev_key_id, h203)
+    info = _LP_K + lp(suite, device_id, epoch, seed_id, server_fp, prev_key_id, h203)
     return SharedKey(hkdf(ikm=r1, salt=r0, info=info, length=KEY_LEN))
 
 
@@ -123,7 +142,7 @@ def p_info(
     *, suite: str, device_id: str, epoch: int, seed_id: bytes, nd: bytes, ns: bytes
 ) -> bytes:
     """S06: the HPKE ``info`` (or OAEP label) that binds P to its context and connection."""
-    return lp(L_P_INFO, VERSION, suite, device_id, epoch, seed_id, nd, ns)
+    return _LP_P_INFO + lp(suite, device_id, epoch, seed_id, nd, ns)
 
 
 def setup_code_key(device_id: str, code: str) -> bytes:
@@ -153,24 +172,39 @@ def authenticator(
     ``key`` is k_code for an enrolment and the current key's continuity subkey for a rekey:
     either way only the legitimate device can produce it, and only for this connection.
     """
-    return hmac_sha256(
-        key, lp(L_AUTH, VERSION, suite, device_id, epoch, seed_id, nd, ns, r1, s, r0)
-    )
+    return hmac_sha256(key, _LP_AUTH + lp(suite, device_id, epoch, seed_id, nd, ns, r1, s, r0))
 
 
 def traffic_keys(
-    k: SharedKey, *, nd: bytes, ns: bytes, device_id: str, direction: str
+    k: SharedKey,
+    *,
+    nd: bytes,
+    ns: bytes,
+    device_id: str,
+    direction: str,
+    prk: HmacKey | None = None,
 ) -> tuple[bytes, bytes]:
-    """Per connection and per direction: (key, IV) from HKDF over (K, Nd, Ns) (REVIEW F11)."""
-    prk = extract(salt=nd + ns, ikm=k.raw)
-    key = expand(prk, lp(L_TRAFFIC_KEY, direction, device_id, k.key_id), AEAD_KEY_LEN)
-    iv = expand(prk, lp(L_TRAFFIC_IV, direction, device_id, k.key_id), AEAD_NONCE_LEN)
+    """Per connection and per direction: (key, IV) from HKDF over (K, Nd, Ns) (REVIEW F11).
+
+    ``prk``: :func:`traffic_prk` of the same key and nonces, when the caller keeps it for
+    both directions.
+    """
+    if prk is None:
+        prk = traffic_prk(k, nd=nd, ns=ns)
+    context = lp(direction, device_id, k.key_id)
+    key = prk.expand(_LP_TRAFFIC_KEY + context, AEAD_KEY_LEN)
+    iv = prk.expand(_LP_TRAFFIC_IV + context, AEAD_NONCE_LEN)
     return key, iv
+
+
+def traffic_prk(k: SharedKey, *, nd: bytes, ns: bytes) -> HmacKey:
+    """HKDF-Extract(salt = Nd || Ns, K): the same for both directions of a connection."""
+    return HmacKey(extract(salt=nd + ns, ikm=k.raw))
 
 
 def reject_value(k_reject: bytes, p: bytes, length: int) -> bytes:
     """Implicit rejection: the X a failed decryption continues with (REVIEW F10)."""
-    return expand(hmac_sha256(k_reject, p), lp(L_REJECT), length)
+    return expand(hmac_sha256(k_reject, p), _LP_REJECT, length)
 
 
 # Device randomness pool (DESIGN.md section 3): every value the device draws mixes fresh OS
@@ -178,7 +212,7 @@ def reject_value(k_reject: bytes, p: bytes, length: int) -> bytes:
 
 
 def pool_init(install_secret: bytes) -> bytes:
-    return hkdf(ikm=install_secret, salt=b"", info=lp(L_POOL_INIT), length=KEY_LEN)
+    return hkdf(ikm=install_secret, salt=b"", info=_LP_POOL_INIT, length=KEY_LEN)
 
 
 def pool_draw(pool: bytes, entropy: bytes, n: int) -> tuple[bytes, bytes]:
@@ -188,4 +222,4 @@ def pool_draw(pool: bytes, entropy: bytes, n: int) -> tuple[bytes, bytes]:
 
 
 def pool_absorb(pool: bytes, data: bytes) -> bytes:
-    return hkdf(ikm=data, salt=pool, info=lp(L_POOL_ABSORB), length=KEY_LEN)
+    return hkdf(ikm=data, salt=pool, info=_LP_POOL_ABSORB, length=KEY_LEN)

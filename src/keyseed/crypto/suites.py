@@ -21,6 +21,7 @@ A backend that lacks a suite reports it through :meth:`PKESuite.available`, and
 from __future__ import annotations
 
 import abc
+import threading
 from typing import ClassVar
 
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
@@ -138,12 +139,81 @@ class PKESuite(abc.ABC):
             raise UnsupportedSuite(f"{key.suite} key used with suite {self.name}")
 
 
+#: Entries of each parsed-key cache below.
+KEY_CACHE_SIZE = 64
+
+
+class _KeyCache:
+    """A small bounded map from a key's serialised bytes to its parsed object.
+
+    Parsing an X25519 private key costs a scalar multiplication (its public key), and an
+    ML-KEM key far more; a server that issued a one-time key usually loads it back in the
+    same process for the next 203, and a device parses the one-time public key of 206 again
+    when it encrypts. Private keys are taken out when loaded (a one-time key is used once),
+    so the cache holds only keys issued and not yet used, at most :data:`KEY_CACHE_SIZE`.
+    """
+
+    __slots__ = ("_items", "_lock")
+
+    def __init__(self) -> None:
+        self._items: dict[bytes, object] = {}
+        self._lock = threading.Lock()
+
+    def put(self, raw: bytes, obj: object) -> None:
+        with self._lock:
+            items = self._items
+            items[raw] = obj
+            if len(items) > KEY_CACHE_SIZE:
+                del items[next(iter(items))]
+
+    def get(self, raw: bytes) -> object | None:
+        with self._lock:
+            return self._items.get(raw)
+
+    def take(self, raw: bytes) -> object | None:
+        with self._lock:
+            return self._items.pop(raw, None)
+
+
 class _HpkeSuite(PKESuite):
     one_time_keys = True
     _kem: ClassVar[hpke.KEM]
 
     def __init__(self) -> None:
         self._suite = hpke.Suite(self._kem, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+        # Keys issued (serialised by private_bytes) and not loaded back yet; public keys
+        # parsed lately. Both keyed by the exact bytes, so a hit returns what parsing would.
+        self._private_cache = _KeyCache()
+        self._public_cache = _KeyCache()
+
+    def private_bytes(self, key: PrivateKey) -> bytes:
+        self._check(key)
+        raw = self._private_raw(key)
+        self._private_cache.put(raw, key)
+        return raw
+
+    def load_private(self, raw: bytes) -> PrivateKey:
+        key = self._private_cache.take(bytes(raw))
+        if isinstance(key, PrivateKey):
+            return key
+        return self._load_private(raw)
+
+    def load_public(self, raw: bytes) -> PublicKey:
+        key = self._public_cache.get(bytes(raw))
+        if isinstance(key, PublicKey):
+            return key
+        pub = self._load_public(raw)
+        self._public_cache.put(pub.raw, pub)
+        return pub
+
+    @abc.abstractmethod
+    def _private_raw(self, key: PrivateKey) -> bytes: ...
+
+    @abc.abstractmethod
+    def _load_private(self, raw: bytes) -> PrivateKey: ...
+
+    @abc.abstractmethod
+    def _load_public(self, raw: bytes) -> PublicKey: ...
 
     def encrypt(self, public_key: PublicKey, plaintext: bytes, info: bytes) -> bytes:
         self._check(public_key)
@@ -177,18 +247,17 @@ class HpkeX25519(_HpkeSuite):
         pub = key.public_key()
         return PrivateKey(self.name, key, PublicKey(self.name, pub.public_bytes_raw(), pub))
 
-    def private_bytes(self, key: PrivateKey) -> bytes:
-        self._check(key)
+    def _private_raw(self, key: PrivateKey) -> bytes:
         obj = key._obj
         assert isinstance(obj, x25519.X25519PrivateKey)
         return obj.private_bytes_raw()
 
-    def load_private(self, raw: bytes) -> PrivateKey:
+    def _load_private(self, raw: bytes) -> PrivateKey:
         if len(raw) != 32:
             raise ValueError("hpke-x25519 private key must be 32 bytes")
         return self._wrap(x25519.X25519PrivateKey.from_private_bytes(raw))
 
-    def load_public(self, raw: bytes) -> PublicKey:
+    def _load_public(self, raw: bytes) -> PublicKey:
         if len(raw) != 32:
             raise ValueError("hpke-x25519 public key must be 32 bytes")
         return PublicKey(self.name, bytes(raw), x25519.X25519PublicKey.from_public_bytes(raw))
@@ -231,8 +300,7 @@ class HpkeMlkem768X25519(_HpkeSuite):
         except (InvalidTag, ValueError):
             raise DecryptError() from None
 
-    def private_bytes(self, key: PrivateKey) -> bytes:
-        self._check(key)
+    def _private_raw(self, key: PrivateKey) -> bytes:
         obj = key._obj
         assert isinstance(obj, tuple)
         _, mk, xk = obj
@@ -240,13 +308,13 @@ class HpkeMlkem768X25519(_HpkeSuite):
         assert isinstance(xk, x25519.X25519PrivateKey)
         return mk.private_bytes_raw() + xk.private_bytes_raw()
 
-    def load_private(self, raw: bytes) -> PrivateKey:
+    def _load_private(self, raw: bytes) -> PrivateKey:
         if len(raw) != _MLKEM_SEED + 32:
             raise ValueError("hpke-mlkem768-x25519 private key must be 96 bytes")
         mk = mlkem.MLKEM768PrivateKey.from_seed_bytes(raw[:_MLKEM_SEED])
         return self._wrap(mk, x25519.X25519PrivateKey.from_private_bytes(raw[_MLKEM_SEED:]))
 
-    def load_public(self, raw: bytes) -> PublicKey:
+    def _load_public(self, raw: bytes) -> PublicKey:
         if len(raw) != _MLKEM_PUB + 32:
             raise ValueError("hpke-mlkem768-x25519 public key must be 1216 bytes")
         mpub = mlkem.MLKEM768PublicKey.from_public_bytes(raw[:_MLKEM_PUB])

@@ -194,7 +194,7 @@ class Protocol:
             if self._channel is None or frame.type in PLAIN_ONLY:
                 raise UnexpectedMessage(f"sealed {frame.type.value} before a key is in use")
             self._check_sealed(frame.type, frame.epoch)
-            msg = self._channel.open(frame)
+            msg, data = self._channel.open_body(frame)
             sealed_epoch = frame.epoch
         if isinstance(msg, Close):
             raise PeerClosed(msg.code)
@@ -223,6 +223,8 @@ class Protocol:
         now: float,
         targets: tuple[State, ...],
     ) -> None:
+        """Role hook: handle ``msg``. ``raw`` is the frame as received for a plain message,
+        and the opened (canonical) body for a sealed one."""
         raise NotImplementedError  # pragma: no cover
 
     def _on_timer(self, name: str, now: float) -> None:
@@ -268,9 +270,9 @@ class Protocol:
         self._out.append(data)
         return data
 
-    def _send_sealed(self, msg: Message) -> None:
+    def _send_sealed(self, msg: Message, body: bytes | None = None) -> None:
         assert self._channel is not None
-        self._out.append(self._channel.seal(msg))
+        self._out.append(self._channel.seal(msg, body))
         if self._channel.send_epoch is not None:
             self._epoch = self._channel.send_epoch
 

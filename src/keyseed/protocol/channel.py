@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..crypto import Aead, DecryptError, lp, make_nonce
-from ..crypto.schedule import D2S, S2D, SharedKey, traffic_keys
+from ..crypto.kdf import HmacKey, lp_u64x3
+from ..crypto.schedule import D2S, S2D, SharedKey, traffic_keys, traffic_prk
 from .constants import MAX_RECORDS_PER_KEY, VERSION
 from .errors import (
     AuthenticationFailed,
@@ -30,7 +31,15 @@ from .errors import (
     MalformedMessage,
     Rehandshake,
 )
-from .messages import Message, MsgType, SealedFrame, decode_body, encode_body, loads_strict
+from .messages import (
+    Message,
+    MsgType,
+    SealedFrame,
+    decode_body,
+    encode_body,
+    encode_sealed,
+    loads_strict,
+)
 
 L_AAD = "keyseed/1 aad"
 
@@ -43,7 +52,7 @@ def aad_prefix(device_id: str, direction: str) -> bytes:
 def aad(device_id: str, direction: str, mtype: MsgType, epoch: int, seq: int) -> bytes:
     # lp() of a field list is the concatenation of each field's lp(), so the prefix can be
     # encoded once per connection.
-    return aad_prefix(device_id, direction) + lp(int(mtype), epoch, seq)
+    return aad_prefix(device_id, direction) + lp_u64x3(int(mtype), epoch, seq)
 
 
 @dataclass(slots=True)
@@ -80,10 +89,19 @@ class Channel:
         # The key we seal with (one at a time) and the keys we open with, by epoch.
         self._send: _Direction | None = None
         self._recv: dict[int, _Direction] = {}
+        # The traffic PRK of the key installed last, shared by its two directions.
+        self._prk: tuple[SharedKey, HmacKey] | None = None
 
     def _make(self, key: SharedKey, epoch: int, direction: str) -> _Direction:
+        if self._prk is None or self._prk[0] is not key:
+            self._prk = (key, traffic_prk(key, nd=self._nd, ns=self._ns))
         k, iv = traffic_keys(
-            key, nd=self._nd, ns=self._ns, device_id=self.device_id, direction=direction
+            key,
+            nd=self._nd,
+            ns=self._ns,
+            device_id=self.device_id,
+            direction=direction,
+            prk=self._prk[1],
         )
         return _Direction(Aead(k, self._cipher), iv, epoch)
 
@@ -104,8 +122,9 @@ class Channel:
     def can_send(self) -> bool:
         return self._send is not None
 
-    def seal(self, msg: Message) -> bytes:
-        """Seal ``msg`` as the next frame.
+    def seal(self, msg: Message, body: bytes | None = None) -> bytes:
+        """Seal ``msg`` as the next frame. ``body``: its canonical body, if the caller has
+        already encoded it (:func:`~keyseed.protocol.messages.encode_body`).
 
         Raises:
             LocalProtocolError: no send key installed.
@@ -119,14 +138,18 @@ class Channel:
         seq = d.seq
         ct = d.aead.seal(
             make_nonce(d.iv, seq),
-            encode_body(msg),
-            self._aad_out + lp(int(msg.TYPE), d.epoch, seq),
+            encode_body(msg) if body is None else body,
+            self._aad_out + lp_u64x3(int(msg.TYPE), d.epoch, seq),
         )
         d.seq += 1
-        return SealedFrame(msg.TYPE, d.epoch, seq, ct).encode()
+        return encode_sealed(msg.TYPE, d.epoch, seq, ct)
 
     def open(self, frame: SealedFrame) -> Message:
-        """Open a sealed frame.
+        """Open a sealed frame (see :meth:`open_body`)."""
+        return self.open_body(frame)[0]
+
+    def open_body(self, frame: SealedFrame) -> tuple[Message, bytes]:
+        """Open a sealed frame: its message and the canonical body it was decoded from.
 
         Raises:
             AuthenticationFailed: no key for its epoch, or the tag does not verify.
@@ -145,17 +168,18 @@ class Channel:
             plaintext = d.aead.open(
                 make_nonce(d.iv, frame.seq),
                 frame.ciphertext,
-                self._aad_in + lp(int(frame.type), frame.epoch, frame.seq),
+                self._aad_in + lp_u64x3(int(frame.type), frame.epoch, frame.seq),
             )
         except DecryptError:
             raise AuthenticationFailed("sealed frame does not authenticate") from None
         d.seq += 1
         # The peer moved to this epoch: older keys open nothing more (invariant 3).
-        for old in [e for e in self._recv if e < frame.epoch]:
-            del self._recv[old]
+        if len(self._recv) > 1:
+            for old in [e for e in self._recv if e < frame.epoch]:
+                del self._recv[old]
         body = loads_strict(plaintext)
         try:
-            return decode_body(frame.type, body)
+            return decode_body(frame.type, body), plaintext
         except KeyError:  # pragma: no cover - decode_frame already checked the type
             raise MalformedMessage("unknown message type") from None
 

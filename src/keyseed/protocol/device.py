@@ -13,6 +13,7 @@ leaves and kept until an authenticated HELLO_ACK settles it (rule 1).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..crypto import ct_equal, fingerprint, get_suite, sha256
 from ..crypto.schedule import (
@@ -73,7 +74,10 @@ from .messages import (
     Msg206,
     Msg403,
     Msg404,
+    MsgType,
     SeedRequest,
+    encode_body,
+    plain_frame_of_body,
 )
 from .policy import RekeyPolicy
 from .records import Keystore, PendingKey, Seed
@@ -138,6 +142,8 @@ class DeviceProtocol(Protocol):
         self._exchange: PendingKey | None = None
         self._exchange_enrol = False
         self._h203 = b""
+        # PersistState events emitted so far (to tell whether a step wrote the keystore).
+        self._persists = 0
 
     # -- public API -------------------------------------------------------------------
 
@@ -171,11 +177,20 @@ class DeviceProtocol(Protocol):
 
     def request_rekey(self, now: float) -> None:
         """301 (or a local decision): rekey as soon as possible. Survives a restart."""
-        if not self._ks.rekey_requested:
-            self._ks = self._ks.with_(rekey_requested=True)
-            self._persist(now)
-        if self.state is DeviceState.OPEN:
-            self._step_s03(now)
+        if self._ks.rekey_requested:
+            if self.state is DeviceState.OPEN:
+                self._step_s03(now)
+            return
+        self._ks = self._ks.with_(rekey_requested=True)
+        persisted = self._persists
+        try:
+            if self.state is DeviceState.OPEN:
+                self._step_s03(now)
+        finally:
+            # The order is durable before this returns: in the exchange's own write when one
+            # started (that write comes before its 203), else in a write of its own.
+            if self._persists == persisted:
+                self._persist(now)
 
     def key_age(self, now: float) -> float:
         """Seconds of uptime the current key has lived."""
@@ -313,9 +328,11 @@ class DeviceProtocol(Protocol):
     def _step_s04_s07(self, now: float, *, enrol: bool) -> None:
         ks = self._ks
         suite = self._suite
+        pool = ks.pool
         if enrol:
             # S01/S02: our own R0 and seed id; P carries R0 to the server.
-            r0, seed_id = self._draw(SEED_LEN), self._draw(SEED_ID_LEN)
+            r0, pool = self._draw_from(pool, SEED_LEN)
+            seed_id, pool = self._draw_from(pool, SEED_ID_LEN)
             epoch = self._server_epoch + 1
             pub = self._server_key
             prev_key_id = b""
@@ -329,8 +346,9 @@ class DeviceProtocol(Protocol):
             pub = self._server_key if ks.seed.otk is None else suite.load_public(ks.seed.otk)
             prev_key_id = ks.key.key_id
             akey = ks.key.continuity
-        # S04: R1 and S.
-        r1, s = self._draw(R1_LEN), self._draw(S_LEN)
+        # S04: R1 and S, in one draw (R1 || S).
+        r1_s, pool = self._draw_from(pool, R1_LEN + S_LEN)
+        r1, s = r1_s[:R1_LEN], r1_s[R1_LEN:]
         # S06: P = PKE(R1 || S || A [|| R0]), bound to this connection's nonces.
         a = authenticator(
             akey,
@@ -356,7 +374,9 @@ class DeviceProtocol(Protocol):
         p = suite.encrypt(pub, x, info)
         # S07: 203.
         msg = Msg203(device_id=ks.device_id, epoch=epoch, suite=ks.suite, seed_id=seed_id, s=s, p=p)
-        self._h203 = sha256(msg.encode())
+        body = encode_body(msg)
+        frame = plain_frame_of_body(MsgType.M203, body)  # == msg.encode()
+        self._h203 = sha256(frame)
         # S05: K from the seed and R1, every context field bound in.
         key = derive_k(
             r0,
@@ -375,14 +395,11 @@ class DeviceProtocol(Protocol):
         # Rule 1: the pending exchange is durable before 203 leaves.
         if enrol:
             cands = (*ks.candidates, pending)[-MAX_CANDIDATES:]
-            self._ks = ks.with_(candidates=cands)
+            self._persist(now, candidates=cands, pool=pool)
+            self._out.append(frame)
         else:
-            self._ks = ks.with_(pending=pending)
-        self._persist(now)
-        if enrol:
-            self._send_plain(msg)
-        else:
-            self._send_sealed(msg)
+            self._persist(now, pending=pending, pool=pool)
+            self._send_sealed(msg, body)
         self.state = DeviceState.AWAIT_204
         self._timers["response"] = now + self.config.response_timeout
         self._timers.pop("rekey", None)
@@ -433,7 +450,10 @@ class DeviceProtocol(Protocol):
             and msg.epoch == exchange.epoch
         ):
             # S10/S11: the new key, its seed and the policy, durably, then acknowledge.
-            ks = ks.with_(
+            self._age_ref = now
+            self._unpersisted = 0
+            self._persist(
+                now,
                 key=exchange.key,
                 epoch=exchange.epoch,
                 seed=seed,
@@ -446,11 +466,8 @@ class DeviceProtocol(Protocol):
                 rekey_requested=False,
                 pool=pool_absorb(ks.pool, msg.r0),
             )
-            self._ks = ks
-            self._age_ref = now
-            self._unpersisted = 0
+            ks = self._ks
             self._exchange = None
-            self._persist(now)
             self._epoch = exchange.epoch
             self._authenticated = True
             self._events.append(
@@ -534,20 +551,30 @@ class DeviceProtocol(Protocol):
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _persist(self, now: float) -> None:
-        ks = self._ks.with_(
-            key_age=self.key_age(now), messages=self._ks.messages + self._unpersisted
-        )
+    def _persist(self, now: float, **changes: Any) -> None:
+        """Write the keystore with ``changes`` (one copy, one PersistState) and the key age
+        and message count as of ``now``."""
+        fields: dict[str, Any] = {
+            "key_age": self.key_age(now),
+            "messages": self._ks.messages + self._unpersisted,
+        }
+        fields.update(changes)
+        ks = self._ks.with_(**fields)
         self._ks = ks
         self._age_ref = now
         self._unpersisted = 0
+        self._persists += 1
         self._events.append(PersistState(keystore=ks))
 
     def _draw(self, n: int) -> bytes:
         """Every value the device draws mixes OS entropy with its pool (DESIGN.md section 3)."""
-        out, pool = pool_draw(self._ks.pool, self._entropy(32), n)
+        out, pool = self._draw_from(self._ks.pool, n)
         self._ks = self._ks.with_(pool=pool)
         return out
+
+    def _draw_from(self, pool: bytes, n: int) -> tuple[bytes, bytes]:
+        """:meth:`_draw` from ``pool``, returning the next pool instead of storing it."""
+        return pool_draw(pool, self._entropy(32), n)
 
     def _proof(self, key: SharedKey) -> bytes:
         ks = self._ks

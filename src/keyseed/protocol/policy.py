@@ -12,6 +12,7 @@ device whose attempt timed out).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import MalformedMessage
 from .messages import Policy
@@ -45,24 +46,48 @@ class RekeyPolicy:
         return max(0.0, self.soft_age_s - age)
 
     def to_msg(self) -> Policy:
-        return Policy(
-            soft_messages=self.soft_messages,
-            hard_messages=self.hard_messages,
-            soft_age_s=self.soft_age_s,
-            hard_age_s=self.hard_age_s,
-        )
+        msg = _TO_MSG.get(self)
+        if msg is None:
+            msg = Policy(
+                soft_messages=self.soft_messages,
+                hard_messages=self.hard_messages,
+                soft_age_s=self.soft_age_s,
+                hard_age_s=self.hard_age_s,
+            )
+            _remember(_TO_MSG, self, msg)
+        return msg
 
     @classmethod
     def from_msg(cls, msg: Policy) -> RekeyPolicy:
         if msg.soft_messages == 0 or msg.soft_age_s == 0:
             # A zero limit would make a device rekey in a loop; refuse it as malformed input.
             raise MalformedMessage("206: a zero limit")
-        return cls(
+        if cls is RekeyPolicy:
+            known = _FROM_MSG.get(msg)
+            if known is not None:
+                return known
+        policy = cls(
             soft_messages=msg.soft_messages,
             hard_messages=msg.hard_messages,
             soft_age_s=msg.soft_age_s,
             hard_age_s=msg.hard_age_s,
         )
+        if cls is RekeyPolicy:
+            _remember(_FROM_MSG, msg, policy)
+        return policy
+
+
+# Both are immutable and a deployment has few policies, while every 206 converts one: the
+# conversions are remembered (equal values, equal results), a few dozen at most.
+_CACHE_MAX = 32
+_TO_MSG: dict[RekeyPolicy, Policy] = {}
+_FROM_MSG: dict[Policy, RekeyPolicy] = {}
+
+
+def _remember(cache: dict[Any, Any], key: object, value: object) -> None:
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = value
 
 
 DEFAULT_POLICY = RekeyPolicy()

@@ -17,8 +17,10 @@ change; the device's ``key_age`` is seconds of persisted uptime (DESIGN.md secti
 from __future__ import annotations
 
 import dataclasses
+import operator
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -61,6 +63,30 @@ def _policy_from(d: object) -> RekeyPolicy:
 
 
 _HINTS: dict[type, dict[str, Any]] = {}
+
+# Per record class: its field names and a getter of all of them at once, for _copy_with.
+_COPY_PLAN: dict[type, tuple[tuple[str, ...], frozenset[str], Callable[[Any], Any]]] = {}
+_setattr = object.__setattr__
+
+
+def _copy_with(obj: T, changes: dict[str, Any]) -> T:
+    """``dataclasses.replace(obj, **changes)`` for the records here (frozen, slotted, no
+    ``__post_init__``, every field set by ``__init__``), without re-running ``__init__``
+    field by field: the cores copy a record several times per exchange."""
+    cls = type(obj)
+    plan = _COPY_PLAN.get(cls)
+    if plan is None:
+        names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        plan = _COPY_PLAN[cls] = (names, frozenset(names), operator.attrgetter(*names))
+    names, known, get_all = plan
+    if not changes.keys() <= known:
+        return replace(obj, **changes)  # type: ignore[type-var]  # raises its TypeError
+    new = object.__new__(cls)
+    for name, value in zip(names, get_all(obj), strict=True):
+        _setattr(new, name, value)
+    for name, value in changes.items():
+        _setattr(new, name, value)
+    return new
 
 
 def _matches(value: object, hint: Any) -> bool:
@@ -234,7 +260,7 @@ class Keystore(_Redacted):
         return value
 
     def with_(self, **changes: Any) -> Keystore:
-        return replace(self, **changes)
+        return _copy_with(self, changes)
 
 
 def _pending_to(p: PendingKey) -> dict[str, Any]:
@@ -443,7 +469,10 @@ class DeviceRecord(_Redacted):
 
     def with_(self, **changes: Any) -> DeviceRecord:
         """A changed copy with ``version`` bumped: every change is a new version."""
-        return replace(self, version=self.version + 1, **changes)
+        if "version" in changes:
+            return replace(self, version=self.version + 1, **changes)  # its TypeError
+        changes["version"] = self.version + 1
+        return _copy_with(self, changes)
 
 
 _KEYSTORE_OPTIONAL = ("k_code", "key", "seed", "pending")

@@ -92,6 +92,7 @@ from .messages import (
     Msg404,
     MsgType,
     SeedRequest,
+    plain_frame_of_body,
 )
 from .records import DeviceRecord, IssuedSeed, PendingExchange, Window
 from .states import Role, ServerState, State
@@ -236,7 +237,10 @@ class ServerProtocol(Protocol):
         elif isinstance(msg, Msg203):
             if (self.state is ServerState.ENROL) != (sealed_epoch is None):
                 raise UnexpectedMessage("203 is plain only to enrol, sealed otherwise")
-            self._park(lambda rec, n: self._handle_203(msg, rec, n, targets))
+            # H(203) over its plain frame, msg.encode(): the frame itself when it came plain,
+            # else rebuilt from the body it was decoded from (both canonical, so the same).
+            h203 = sha256(raw if sealed_epoch is None else plain_frame_of_body(MsgType.M203, raw))
+            self._park(lambda rec, n: self._handle_203(msg, rec, n, targets, h203))
         elif isinstance(msg, Msg205):
             assert sealed_epoch is not None
             self._park(lambda rec, n: self._handle_205(msg, sealed_epoch, rec, n, targets))
@@ -391,7 +395,12 @@ class ServerProtocol(Protocol):
     # -- key exchange -------------------------------------------------------------------
 
     def _handle_203(
-        self, msg: Msg203, rec: DeviceRecord | None, now: float, targets: tuple[State, ...]
+        self,
+        msg: Msg203,
+        rec: DeviceRecord | None,
+        now: float,
+        targets: tuple[State, ...],
+        h203: bytes,
     ) -> None:
         enrol = self.state is ServerState.ENROL
         if msg.device_id != self.device_id:
@@ -468,7 +477,6 @@ class ServerProtocol(Protocol):
         )
         a_ok = ct_equal(a2, a_expected)
         # S26: derive K from the seed this server issued (or the window's R0) and R1.
-        h203 = sha256(msg.encode())
         key = derive_k(
             r0,
             r1,
