@@ -27,6 +27,7 @@ from .bench.core import (
     split_available,
 )
 from .crypto.suites import SUITES
+from .device.cli import add_device_parser
 from .server.config import ConfigError, ServerConfig, load_config
 from .server.datadir import DataDirError
 from .server.run import serve
@@ -289,6 +290,22 @@ def _run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return EXIT_OK
 
 
+# -- keyseed device -----------------------------------------------------------------------
+
+
+def _add_device(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    device = add_device_parser(commands)
+    _bind(device, _run_device)
+
+
+def _run_device(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        code: int = asyncio.run(args.run(args))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return code
+
+
 # -- keyseed ------------------------------------------------------------------------------
 
 
@@ -303,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(metavar="COMMAND", title="commands")
     _add_bench(commands)
     _add_server(commands)
+    _add_device(commands)
     return parser
 
 
