@@ -28,7 +28,7 @@ from .bench.core import (
 )
 from .crypto.suites import SUITES
 from .device.cli import add_device_parser
-from .server.config import ConfigError, ServerConfig, load_config
+from .server.config import APP_NAMES, ConfigError, ServerConfig, load_config
 from .server.datadir import DataDirError
 from .server.run import serve
 
@@ -244,6 +244,26 @@ def _add_server(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         f"(env KEYSEED_MAX_CONNECTIONS; default: {d.max_connections})",
     )
     opt(
+        "--app",
+        choices=APP_NAMES,
+        help="server app that application data reaches: microwave (the recipe service of "
+        "the microwave demo), echo (tests) or none (env KEYSEED_APP; default: "
+        f"{d.app})",
+    )
+    for name, what in (
+        ("soft-messages", "messages under one key before the device rekeys by itself"),
+        ("hard-messages", "messages under one key after which it carries no application data"),
+        ("soft-age-s", "key age in seconds before the device rekeys by itself"),
+        ("hard-age-s", "key age in seconds after which it carries no application data"),
+    ):
+        field = "policy_" + name.replace("-", "_")
+        opt(
+            f"--policy-{name}",
+            metavar="N",
+            help=f"default rekey policy of new registrations: {what} "
+            f"(env KEYSEED_{field.upper()}; default: {getattr(d, field)})",
+        )
+    opt(
         "--log-level",
         metavar="LEVEL",
         help=f"debug, info, warning or error (env KEYSEED_LOG_LEVEL; default: {d.log_level})",
@@ -271,6 +291,11 @@ def _run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         "idle_timeout",
         "confirm_timeout",
         "max_connections",
+        "app",
+        "policy_soft_messages",
+        "policy_hard_messages",
+        "policy_soft_age_s",
+        "policy_hard_age_s",
         "log_level",
     )
     try:

@@ -145,7 +145,15 @@ class Server:
         raise AssertionError(f"device never reached the state; last {view}")
 
 
-async def start_at(data: Path, pg_schema: str | None = None, **overrides: Any) -> Server:
+async def start_at(
+    data: Path, pg_schema: str | None = None, server_app: Any = None, **overrides: Any
+) -> Server:
+    """A server on ``data``, on ephemeral ports. Its app: ``server_app`` if given, else the
+    one ``overrides["app"]`` names (the server builds it from its configuration), else
+    EchoApp."""
+    app = server_app
+    if app is None and "app" not in overrides:
+        app = EchoApp()
     config = ServerConfig(
         data=data, host="127.0.0.1", port=0, admin_host="127.0.0.1", admin_port=0, **overrides
     )
@@ -153,7 +161,7 @@ async def start_at(data: Path, pg_schema: str | None = None, **overrides: Any) -
     store = None
     if pg_schema is not None:
         store = await open_store(PG_URL, found.master_key, schema=pg_schema)
-    running = await start_server(config, app=EchoApp(), secrets=found, store=store)
+    running = await start_server(config, app=app, secrets=found, store=store)
     assert found.new_token is not None
     admin = httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{running.admin_port}",

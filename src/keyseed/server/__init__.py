@@ -8,7 +8,7 @@ state in SQL through :mod:`keyseed.storage`.
 
 from __future__ import annotations
 
-from .apps import EchoApp, NullApp, ServerApp
+from .apps import EchoApp, NullApp, ServerApp, make_app
 from .config import ConfigError, ServerConfig, load_config
 from .run import RunningServer, serve, start_server
 
@@ -20,6 +20,7 @@ __all__ = [
     "ServerApp",
     "ServerConfig",
     "load_config",
+    "make_app",
     "serve",
     "start_server",
 ]

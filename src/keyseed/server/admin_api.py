@@ -1,7 +1,8 @@
 """keyseed.server.admin_api
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~
 
-The admin API (the setup PC's side of 201/202, 208/209 and 401/402), under ``/v1/admin``,
+The admin API (the setup PC's side of 201/202, 208/209 and 401/402, and the cooking orders of
+the microwave demo), under ``/v1/admin``,
 token-protected (``Authorization: Bearer <token>``). FastAPI builds its OpenAPI document from
 the typed routes below (``/openapi.json`` on the admin listener).
 
@@ -24,14 +25,18 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from ..apps.microwave import RecipeService
 from ..crypto import ct_equal
 from ..crypto.suites import DEFAULT_SUITE, SUITES
 from ..protocol.admin import AdminError, confirm, order_rekey, register, revoke
 from ..protocol.constants import WINDOW_DEFAULT
 from ..protocol.errors import ErrorCode, NgCause
 from ..protocol.events import AuditEntry
+from ..protocol.policy import RekeyPolicy
 from ..protocol.records import DeviceRecord
 from ..storage.repository import AuditRow
+from .apps import app_name, app_status
+from .config import POLICY_MAX
 from .runtime import Runtime
 
 log = logging.getLogger("keyseed.server.admin")
@@ -59,6 +64,42 @@ class ErrorBody(BaseModel):
     detail: Any = Field(description="What went wrong (never secrets).")
 
 
+Limit = Annotated[int, Field(gt=0, le=POLICY_MAX, strict=True)]
+
+
+class PolicyBody(BaseModel):
+    """A rekey policy (sent to the device in 206): soft limits make it rekey by itself, hard
+    limits stop its key from carrying application data. Needs 0 < soft <= hard."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    soft_messages: Limit = Field(description="Messages under one key before a rekey.")
+    hard_messages: Limit = Field(description="Messages under one key, at most.")
+    soft_age_s: Limit = Field(description="Key age (seconds) before a rekey.")
+    hard_age_s: Limit = Field(description="Key age (seconds), at most.")
+
+    @classmethod
+    def of(cls, policy: RekeyPolicy) -> PolicyBody:
+        return cls(
+            soft_messages=policy.soft_messages,
+            hard_messages=policy.hard_messages,
+            soft_age_s=policy.soft_age_s,
+            hard_age_s=policy.hard_age_s,
+        )
+
+    def to_policy(self) -> RekeyPolicy:
+        """Raises ApiError 422 when a soft limit is above its hard limit."""
+        try:
+            return RekeyPolicy(
+                soft_messages=self.soft_messages,
+                hard_messages=self.hard_messages,
+                soft_age_s=self.soft_age_s,
+                hard_age_s=self.hard_age_s,
+            )
+        except ValueError as exc:
+            raise ApiError(422, "validation_error", f"policy: {exc}") from None
+
+
 class RegisterRequest(BaseModel):
     """201: register a device and open its enrolment window."""
 
@@ -77,12 +118,42 @@ class RegisterRequest(BaseModel):
     window_s: float = Field(
         default=WINDOW_DEFAULT, gt=0, le=7 * 24 * 3600, description="Enrolment window length."
     )
+    policy: PolicyBody | None = Field(
+        default=None,
+        description="The device's rekey policy; default: the server's (--policy-* settings).",
+    )
 
 
 class ApproveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sas: SecretStr = Field(description="The 6-digit SAS the device shows.")
+
+
+class AppView(BaseModel):
+    """What the server app keeps of a device (the microwave's last status report)."""
+
+    name: str = Field(description="The server app: microwave.")
+    state: str | None = Field(description="idle, cooking, done; None before the first report.")
+    recipe: str | None = Field(description="The recipe cooking or last cooked.")
+    left_s: float | None = Field(description="Cooking seconds left, as last reported.")
+
+
+class CookRequest(BaseModel):
+    """Order the oven to cook a recipe (microwave demo)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recipe: str = Field(min_length=1, max_length=64, description="A recipe name.")
+
+
+class CookResult(BaseModel):
+    """``pushed``: the order reached the online oven at once; otherwise it waits in the
+    recipe service for the oven's next status report."""
+
+    device_id: str
+    recipe: str
+    pushed: bool
 
 
 class DeviceView(BaseModel):
@@ -103,6 +174,11 @@ class DeviceView(BaseModel):
     pending_exchange: bool = Field(description="A 204 OK waits for its 205.")
     owed_206: bool = Field(description="The 206 of the current epoch is not acknowledged.")
     order_epoch: int | None = Field(description="Outstanding rekey order (epoch superseded).")
+    policy: PolicyBody = Field(description="The rekey policy in force (sent in the last 206).")
+    policy_next: PolicyBody | None = Field(
+        description="A different policy set for the device, sent with its next 206."
+    )
+    app: AppView | None = Field(description="The server app's state of the device, if any.")
     version: int
 
 
@@ -170,8 +246,16 @@ Rt = Annotated[Runtime, Depends(runtime)]
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN, description="The device ID.")]
 
 
+def app_view(rt: Runtime, device_id: str) -> AppView | None:
+    status = app_status(rt.app, device_id)
+    if status is None:
+        return None
+    return AppView(name=app_name(rt.app), **status)
+
+
 def device_view(rt: Runtime, rec: DeviceRecord, db_now: float) -> DeviceView:
     w = rec.window
+    in_force = rec.policy_in_force
     return DeviceView(
         device_id=rec.device_id,
         suite=rec.suite,
@@ -188,6 +272,9 @@ def device_view(rt: Runtime, rec: DeviceRecord, db_now: float) -> DeviceView:
         pending_exchange=rec.pending is not None,
         owed_206=rec.owed_206,
         order_epoch=rec.order_epoch,
+        policy=PolicyBody.of(in_force),
+        policy_next=None if rec.policy == in_force else PolicyBody.of(rec.policy),
+        app=app_view(rt, rec.device_id),
         version=rec.version,
     )
 
@@ -272,6 +359,7 @@ router = APIRouter(prefix="/v1/admin", dependencies=[Depends(require_token)], ta
 )
 async def register_device(body: RegisterRequest, rt: Rt) -> DeviceView:
     code = None if body.setup_code is None else body.setup_code.get_secret_value()
+    policy = rt.config.policy if body.policy is None else body.policy.to_policy()
     for _ in range(CAS_ATTEMPTS):
         existing, db_now = await rt.store.load(body.device_id)
         if existing is not None and not existing.revoked and existing.key is not None:
@@ -286,6 +374,7 @@ async def register_device(body: RegisterRequest, rt: Rt) -> DeviceView:
                 db_now=db_now,
                 entropy=os.urandom,
                 allow_no_code=body.allow_no_code,
+                policy=policy,
             )
         except AdminError as exc:
             raise ApiError(422, "validation_error", str(exc)) from None
@@ -297,7 +386,8 @@ async def register_device(body: RegisterRequest, rt: Rt) -> DeviceView:
                 device_id=rec.device_id,
                 epoch=rec.epoch,
                 detail=f"suite={rec.suite} code={'yes' if code else 'no'} "
-                f"window={body.window_s:g}s",
+                f"window={body.window_s:g}s policy={policy.soft_messages}/"
+                f"{policy.hard_messages}/{policy.soft_age_s}s/{policy.hard_age_s}s",
             ),
         )
         ok = (
@@ -436,6 +526,60 @@ async def revoke_device(device_id: DeviceId, rt: Rt) -> DeviceView:
     return device_view(rt, rec, db_now)
 
 
+def _recipe_service(rt: Runtime) -> RecipeService:
+    if not isinstance(rt.app, RecipeService):
+        raise ApiError(409, "no_recipe_service", "the server app is not the recipe service")
+    return rt.app
+
+
+@router.post(
+    "/devices/{device_id}/cook",
+    status_code=202,
+    response_model=CookResult,
+    responses={
+        **_DEVICE_ERRORS,
+        409: {"model": ErrorBody, "description": "Not the microwave app, or device revoked."},
+        422: {"model": ErrorBody, "description": "Unknown recipe or bad body."},
+    },
+    summary="Microwave demo: order the oven to cook a recipe",
+)
+async def cook_device(device_id: DeviceId, body: CookRequest, rt: Rt) -> CookResult:
+    rec, _ = await load_device(rt, device_id)
+    service = _recipe_service(rt)
+    if rec.revoked:
+        raise ApiError(409, "not_allowed", "the device is revoked")
+    try:
+        pushed = await service.order_cook(device_id, body.recipe)
+    except KeyError:
+        raise ApiError(422, "unknown_recipe", "no recipe with this name") from None
+    await rt.store.add_audit(
+        [
+            AuditEntry(
+                kind="cook_ordered",
+                device_id=device_id,
+                epoch=rec.epoch,
+                detail=f"recipe={body.recipe} pushed={'yes' if pushed else 'no'}",
+            )
+        ]
+    )
+    log.info("cook device=%s recipe=%s pushed=%s", device_id, body.recipe, pushed)
+    return CookResult(device_id=device_id, recipe=body.recipe, pushed=pushed)
+
+
+@router.get(
+    "/devices/{device_id}/app",
+    response_model=AppView,
+    responses=_DEVICE_ERRORS,
+    summary="The server app's state of the device (the oven's last status report)",
+)
+async def device_app_state(device_id: DeviceId, rt: Rt) -> AppView:
+    await load_device(rt, device_id)
+    _recipe_service(rt)
+    view = app_view(rt, device_id)
+    assert view is not None
+    return view
+
+
 @router.get("/audit", response_model=list[AuditView], responses=_ERRORS)
 async def read_audit(
     rt: Rt,
@@ -451,6 +595,12 @@ async def read_audit(
 @router.get("/keys", response_model=list[SuiteKey], responses=_ERRORS)
 async def server_keys(rt: Rt) -> list[SuiteKey]:
     """The long-term public keys and the fingerprints devices pin."""
+    return public_keys(rt)
+
+
+def public_keys(rt: Runtime) -> list[SuiteKey]:
+    """One entry per enabled suite (also served, without a token, as ``GET /v1/keys`` on
+    the device listener)."""
     return [
         SuiteKey(
             suite=name,
@@ -461,4 +611,4 @@ async def server_keys(rt: Rt) -> list[SuiteKey]:
     ]
 
 
-__all__ = ["ApiError", "router"]
+__all__ = ["ApiError", "public_keys", "router"]

@@ -3,9 +3,11 @@
 
 The two ASGI applications of one server, one per listener:
 
-* :func:`device_app` (``--port``): ``/v1/device`` (the device channel) and ``/healthz``, and
-  nothing else. It is plain Starlette routing: one WebSocket route needs no more, and nothing
-  of the admin surface can leak onto the listener devices reach.
+* :func:`device_app` (``--port``): ``/v1/device`` (the device channel), ``/v1/keys`` (the
+  long-term public keys, unauthenticated: a device fetches them only to check them against a
+  fingerprint it was given out of band) and ``/healthz``, and nothing else. It is plain
+  Starlette routing: three routes need no more, and nothing of the admin surface can leak onto
+  the listener devices reach.
 * :func:`admin_app` (``--admin-port``, loopback by default): the admin API under ``/v1/admin``,
   ``/metrics``, ``/healthz``, and the OpenAPI document. FastAPI, because its typed routes give
   the OpenAPI document and request validation for free.
@@ -26,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from .. import __version__
-from .admin_api import ApiError, router
+from .admin_api import ApiError, public_keys, router
 from .device_channel import device_endpoint
 from .runtime import Runtime
 
@@ -65,15 +67,23 @@ async def _healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def _keys(request: Request) -> Response:
+    """The long-term public keys and fingerprints (the body of the admin ``GET /keys``).
+    Public keys are public; what makes one trusted is the pin the device already holds."""
+    rt: Runtime = request.app.state.runtime
+    return JSONResponse([k.model_dump() for k in public_keys(rt)])
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     return _error(404, "not_found", "no such route")
 
 
 def device_app(rt: Runtime) -> Starlette:
-    """The device listener: ``/v1/device`` and ``/healthz`` only."""
+    """The device listener: ``/v1/device``, ``/v1/keys`` and ``/healthz`` only."""
     app = Starlette(
         routes=[
             WebSocketRoute("/v1/device", device_endpoint),
+            Route("/v1/keys", _keys, methods=["GET"]),
             Route("/healthz", _healthz, methods=["GET"]),
         ],
         exception_handlers={404: _not_found},
@@ -111,7 +121,8 @@ def admin_app(rt: Runtime) -> FastAPI:
         title="keyseed admin API",
         version=__version__,
         description="Register devices (201/202), order rekeys by proxy (401/402), confirm "
-        "arrival (208/209), approve, revoke, read the audit log. Bearer-token auth.",
+        "arrival (208/209), approve, revoke, order cooking (microwave demo), read the audit "
+        "log. Bearer-token auth.",
         exception_handlers={
             ApiError: _api_error,
             StarletteHTTPException: _http_error,

@@ -20,8 +20,13 @@ from typing import Any
 
 from ..crypto.suites import SUITES
 from ..protocol.constants import HANDSHAKE_TIMEOUT, S27_TIMEOUT
+from ..protocol.policy import DEFAULT_POLICY, RekeyPolicy
 
 ENV_PREFIX = "KEYSEED_"
+#: Server apps ``app`` may name (see :func:`keyseed.server.apps.make_app`).
+APP_NAMES = ("microwave", "echo", "none")
+#: Largest rekey-policy limit (the wire carries unsigned 63-bit integers).
+POLICY_MAX = 2**63 - 1
 
 
 class ConfigError(ValueError):
@@ -71,6 +76,24 @@ class ServerConfig:
     max_connections: int = 10_000
     """Device connections this process holds at once; more are refused at once."""
 
+    app: str = "microwave"
+    """The server app that application data reaches: ``microwave`` (the recipe service of
+    the microwave demo, which ``keyseed device`` runs by default), ``echo`` (answers every
+    message with itself, for tests) or ``none`` (no answers)."""
+
+    policy_soft_messages: int = DEFAULT_POLICY.soft_messages
+    """Default rekey policy of newly registered devices (a registration may give its own):
+    messages under one key after which the device rekeys by itself."""
+
+    policy_hard_messages: int = DEFAULT_POLICY.hard_messages
+    """Messages under one key after which it carries no more application data."""
+
+    policy_soft_age_s: int = DEFAULT_POLICY.soft_age_s
+    """Key age (seconds) after which the device rekeys by itself."""
+
+    policy_hard_age_s: int = DEFAULT_POLICY.hard_age_s
+    """Key age (seconds) after which the key carries no more application data."""
+
     log_level: str = "info"
     """Log level of the server and of uvicorn: debug, info, warning, error."""
 
@@ -83,6 +106,24 @@ class ServerConfig:
         if self.db:
             return self.db
         return f"sqlite+aiosqlite:///{self.data.resolve() / 'keyseed.db'}"
+
+    @property
+    def policy(self) -> RekeyPolicy:
+        """The default rekey policy (checked by :func:`load_config` and at construction)."""
+        return RekeyPolicy(
+            soft_messages=self.policy_soft_messages,
+            hard_messages=self.policy_hard_messages,
+            soft_age_s=self.policy_soft_age_s,
+            hard_age_s=self.policy_hard_age_s,
+        )
+
+    def __post_init__(self) -> None:
+        if self.app not in APP_NAMES:
+            raise ConfigError(f"bad value for app: one of {', '.join(APP_NAMES)}")
+        try:
+            _ = self.policy  # the four limits are checked together
+        except ValueError as exc:
+            raise ConfigError(f"bad default policy: {exc}") from None
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}
@@ -115,6 +156,18 @@ def _convert(name: str, value: Any) -> Any:
             if not names or any(n not in SUITES for n in names):
                 raise ValueError
             return tuple(dict.fromkeys(names))
+        if name.startswith("policy_"):
+            if isinstance(value, bool | float):
+                raise ValueError
+            number = int(value)
+            if not 0 < number <= POLICY_MAX:
+                raise ValueError
+            return number
+        if name == "app":
+            app = str(value).lower()
+            if app not in APP_NAMES:
+                raise ValueError
+            return app
         if name == "log_level":
             level = str(value).lower()
             if level not in ("debug", "info", "warning", "error"):
@@ -184,4 +237,4 @@ def load_config(
     return ServerConfig(config=Path(path) if path else None, **values)
 
 
-__all__ = ["ENV_PREFIX", "ConfigError", "ServerConfig", "load_config"]
+__all__ = ["APP_NAMES", "ENV_PREFIX", "POLICY_MAX", "ConfigError", "ServerConfig", "load_config"]

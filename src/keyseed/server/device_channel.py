@@ -18,6 +18,11 @@ MALFORMED; a frame over the transport cap is closed by the WebSocket layer (1009
 connection that stays silent past the idle timeout is closed with TIMEOUT. The WebSocket close
 code is 1000 for a normal close and ``4000 + ErrorCode`` for a failure, so a client sees the
 same code in the CLOSE frame and in the close handshake.
+
+Crash points (:mod:`keyseed.faults`, armed only by ``KEYSEED_CRASH_AT``, free otherwise):
+``server.recv.<type>`` before a frame reaches the core, ``server.send.<type>`` and
+``server.sent.<type>`` around each frame written to the socket. Since every commit precedes
+the send, ``server.send.206`` is "committed, 206 not sent".
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .. import faults
 from ..protocol.errors import ErrorCode, NgCause
 from ..protocol.events import (
     AppDataReceived,
@@ -139,6 +145,7 @@ class DeviceConnection:
                 self.closed = True
             elif isinstance(item, bytes):
                 self._idle_deadline = now + self.rt.config.idle_timeout
+                faults.crash_frame("server.recv", item)
                 self.proto.receive_message(item, now)
             else:
                 # One protocol message per *binary* frame; text is not this protocol.
@@ -219,7 +226,9 @@ class DeviceConnection:
             return
         try:
             for frame in frames:
+                faults.crash_frame("server.send", frame)
                 await self.ws.send_bytes(frame)
+                faults.crash_frame("server.sent", frame)
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.closed = True
 

@@ -2,8 +2,9 @@
 ~~~~~~~~~~~~~~~~~~~~~
 
 The devices connected to this process, by device ID, and the admin actions that reach a live
-connection: a rekey order by proxy (403), an arrival confirmation (207 for 208/209), and a
-newer record (a confirmation or revocation by the admin).
+connection: a rekey order by proxy (403), an arrival confirmation (207 for 208/209), a
+newer record (a confirmation or revocation by the admin), and application data the server
+app pushes (:meth:`Hub.send_app`, a cooking order of the microwave demo).
 
 An order is written durably *before* the live connection is told (fig. 4, 401/402): if the
 device is offline, or the connection drops before the 403 leaves, the order waits in its
@@ -103,6 +104,28 @@ class Hub:
             await conn.call(send_403)
         except (ConnectionError, KeyseedError) as exc:
             log.info("403 not delivered live device=%s: %s", record.device_id, exc)
+            return False
+        return not conn.closed
+
+    async def send_app(self, device_id: str, data: bytes) -> bool:
+        """Application data to ``device_id`` over its live connection, sealed under its
+        current key. The core refuses it for an unconfirmed device, a key past its hard limit
+        or a connection not open; nothing is queued here (the app keeps what must wait).
+
+        Returns:
+            Whether the APP frame left now.
+        """
+        conn = self.get(device_id)
+        if conn is None:
+            return False
+
+        def send(proto: ServerProtocol, now: float) -> None:
+            proto.send_app(data, now)
+
+        try:
+            await conn.call(send)
+        except (ConnectionError, KeyseedError) as exc:
+            log.info("app data not sent device=%s: %s", device_id, type(exc).__name__)
             return False
         return not conn.closed
 

@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..apps.microwave import RecipeService
 from ..protocol.events import AuditEntry
 from ..protocol.server import ServerContext
 from ..storage.repository import Store
 from ..storage.sql import open_store
-from .apps import NullApp, ServerApp
+from .apps import ServerApp, make_app
 from .config import ServerConfig
 from .datadir import Secrets, open_data_dir
 from .hub import Hub
@@ -113,7 +114,8 @@ async def open_runtime(
     Args:
         config: the configuration.
         store: a store to use instead of opening ``config.db_url`` (tests, PostgreSQL schemas).
-        app: the server app (default: none, application data gets no answer).
+        app: the server app (default: the one ``config.app`` names). A recipe service gets
+            the hub's :meth:`~keyseed.server.hub.Hub.send_app` to push orders to live ovens.
         secrets: the data folder already loaded (``keyseed server`` loads it first to print
             the admin token before anything else can fail).
     """
@@ -127,7 +129,16 @@ async def open_runtime(
         s27_timeout=config.s27_timeout,
         handshake_timeout=config.handshake_timeout,
     )
-    return Runtime(config=config, secrets=secrets, ctx=ctx, store=store, app=app or NullApp())
+    rt = Runtime(
+        config=config,
+        secrets=secrets,
+        ctx=ctx,
+        store=store,
+        app=app if app is not None else make_app(config.app),
+    )
+    if isinstance(rt.app, RecipeService):
+        rt.app.attach_push(rt.hub.send_app)
+    return rt
 
 
 __all__ = ["AUDIT_BUDGET_PER_MIN", "Runtime", "open_runtime"]
