@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest vectors bench clean
+.PHONY: test demo lint typecheck pytest vectors bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP) lint typecheck pytest
+
+# A server and three simulated microwaves on loopback, every flow narrated.
+demo: $(STAMP)
+	$(BIN)/keyseed demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts

@@ -26,7 +26,9 @@ from .bench.core import (
     run_core,
     split_available,
 )
+from .console.admin_cli import add_admin_parser
 from .crypto.suites import SUITES
+from .demo import add_demo_parser
 from .device.cli import add_device_parser
 from .server.config import APP_NAMES, ConfigError, ServerConfig, load_config
 from .server.datadir import DataDirError
@@ -346,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(commands)
     _add_server(commands)
     _add_device(commands)
+    add_admin_parser(commands)
+    add_demo_parser(commands)
     return parser
 
 

@@ -9,8 +9,8 @@ The two ASGI applications of one server, one per listener:
   Starlette routing: three routes need no more, and nothing of the admin surface can leak onto
   the listener devices reach.
 * :func:`admin_app` (``--admin-port``, loopback by default): the admin API under ``/v1/admin``,
-  ``/metrics``, ``/healthz``, and the OpenAPI document. FastAPI, because its typed routes give
-  the OpenAPI document and request validation for free.
+  ``/metrics``, ``/healthz``, the OpenAPI document, and the dashboard at ``/``. FastAPI,
+  because its typed routes give the OpenAPI document and request validation for free.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from .. import __version__
+from ..console import dashboard
 from .admin_api import ApiError, public_keys, router
 from .device_channel import device_endpoint
 from .runtime import Runtime
@@ -141,17 +142,8 @@ def admin_app(rt: Runtime) -> FastAPI:
         """Prometheus text format."""
         return Response(rt.metrics.render(), media_type=rt.metrics.content_type)
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> Response:
-        return JSONResponse(
-            {
-                "service": "keyseed admin",
-                "version": __version__,
-                "api": "/v1/admin",
-                "openapi": "/openapi.json",
-            }
-        )
-
+    # The dashboard (the setup PC in a browser) at /: session cookie, CSRF, strict CSP.
+    dashboard.mount_dashboard(app, rt)
     return app
 
 
