@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,8 @@ from keyseed.console.client import (
     load_admin_settings,
     load_device_settings,
 )
+from waiting import wait_until
 
-WAIT = 60.0
 CODE = "31415926"
 
 
@@ -61,21 +60,6 @@ def keyseed_main(argv: list[str]) -> int:
     return code
 
 
-def wait_until(what: str, fn: Callable[[], Any]) -> Any:
-    deadline = time.monotonic() + WAIT
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-        except (httpx.HTTPError, OSError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-
-
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSEED_")}
     env.update(extra or {})
@@ -94,7 +78,7 @@ def _line(path: Path, pattern: str, proc: subprocess.Popen[bytes]) -> re.Match[s
         assert proc.poll() is None, path.with_suffix(".log").read_text()[-3000:]
         return re.search(pattern, path.read_text(), re.MULTILINE)
 
-    found: re.Match[str] = wait_until(pattern, find)
+    found: re.Match[str] = wait_until(find, pattern)
     return found
 
 
@@ -232,15 +216,14 @@ def enrolled(server: Server) -> Device:
         c.register("oven-a", setup_code=CODE)
     dev = server.start_device("oven-a", CODE)
     wait_until(
-        "oven-a enrolled",
         lambda: (v := server.view("oven-a"))["epoch"] == 1 and v["online"] and not v["owed_206"],
+        "oven-a enrolled",
     )
     return dev
 
 
 def settle(server: Server, device_id: str, epoch: int) -> dict[str, Any]:
     view: dict[str, Any] = wait_until(
-        f"{device_id} at epoch {epoch}",
         lambda: (
             v
             if (v := server.view(device_id))["epoch"] >= epoch
@@ -249,6 +232,7 @@ def settle(server: Server, device_id: str, epoch: int) -> dict[str, Any]:
             and v["online"]
             else None
         ),
+        f"{device_id} at epoch {epoch}",
     )
     return view
 
@@ -477,8 +461,8 @@ def test_cook_table_and_json(run: Run, server: Server, enrolled: Device) -> None
     result = run_json(run, "cook", "oven-a", "popcorn")
     assert result == {"device_id": "oven-a", "recipe": "popcorn", "pushed": True}
     wait_until(
-        "the oven to report cooking popcorn",
         lambda: (server.view("oven-a")["app"] or {}).get("recipe") == "popcorn",
+        "the oven to report cooking popcorn",
     )
     code, out, _ = run("list")
     assert "cooking popcorn" in out
@@ -501,9 +485,9 @@ def test_audit_table_and_json(run: Run, server: Server, enrolled: Device) -> Non
 def test_approve_by_sas_then_revoke(run: Run, server: Server) -> None:
     run_json(run, "register", "oven-b", "--no-code")
     dev = server.start_device("oven-b", None)
-    wait_until("oven-b enrolled", lambda: server.view("oven-b")["enrolled"])
+    wait_until(lambda: server.view("oven-b")["enrolled"], "oven-b enrolled")
     sas = wait_until(
-        "the SAS in oven-b's log", lambda: re.search(r"sas=(\d{6})", dev.log.read_text())
+        lambda: re.search(r"sas=(\d{6})", dev.log.read_text()), "the SAS in oven-b's log"
     ).group(1)
     assert not server.view("oven-b")["confirmed"]
     wrong = f"{(int(sas) + 1) % 10**6:06d}"
@@ -517,7 +501,7 @@ def test_approve_by_sas_then_revoke(run: Run, server: Server) -> None:
     assert view["confirmed"] is True
     # Offline: a confirmation that gets no answer exits 1.
     _stop(dev.proc)
-    wait_until("oven-b offline", lambda: not server.view("oven-b")["online"])
+    wait_until(lambda: not server.view("oven-b")["online"], "oven-b offline")
     code, out, err = run("confirm", "oven-b")
     assert code == ExitCode.FAILED and "did not answer 207 (offline)" in err
     code, out, err = run("confirm", "oven-b", "--json")

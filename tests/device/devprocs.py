@@ -15,19 +15,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
+from waiting import WAIT, wait_until
+
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
-#: Generous bound on any wait; only a hang reaches it.
-WAIT = 60.0
-T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -35,21 +33,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def wait_until(fn: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-        except (httpx.HTTPError, OSError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def _env(extra: dict[str, str] | None) -> dict[str, str]:

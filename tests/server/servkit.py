@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from devclient import TestDevice
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 from keyseed.loopback import DeviceDisk
 from keyseed.protocol import new_keystore
@@ -30,39 +25,7 @@ from keyseed.protocol.device import DeviceConfig
 from keyseed.server import EchoApp, RunningServer, ServerConfig, start_server
 from keyseed.server.datadir import open_data_dir
 from keyseed.storage.sql import open_store
-
-PG_URL = os.environ.get("KEYSEED_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
-T = TypeVar("T")
-
-
-def _in_thread(fn: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        return await fn()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, main()).result()
-
-
-async def _pg(sql: str) -> None:
-    engine = create_async_engine(PG_URL, poolclass=NullPool, connect_args={"timeout": 5})
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(sa.text(sql))
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def pg_schema() -> Iterator[str]:
-    name = f"ks_srv_{secrets.token_hex(5)}"
-    try:
-        _in_thread(lambda: _pg(f'CREATE SCHEMA "{name}"'))
-    except (OSError, sa.exc.SQLAlchemyError) as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI and unreachable: {type(exc).__name__}")
-        pytest.skip(f"PostgreSQL unreachable ({type(exc).__name__}); set KEYSEED_TEST_PG")
-    yield name
-    _in_thread(lambda: _pg(f'DROP SCHEMA "{name}" CASCADE'))
+from pgtest import PG_URL, pg_execute, pg_schema  # noqa: F401 - pg_schema: for conftest.py
 
 
 @dataclass
@@ -146,7 +109,7 @@ class Server:
 
 
 async def start_at(
-    data: Path, pg_schema: str | None = None, server_app: Any = None, **overrides: Any
+    data: Path, schema: str | None = None, server_app: Any = None, **overrides: Any
 ) -> Server:
     """A server on ``data``, on ephemeral ports. Its app: ``server_app`` if given, else the
     one ``overrides["app"]`` names (the server builds it from its configuration), else
@@ -159,8 +122,8 @@ async def start_at(
     )
     found = open_data_dir(data, config.suites)
     store = None
-    if pg_schema is not None:
-        store = await open_store(PG_URL, found.master_key, schema=pg_schema)
+    if schema is not None:
+        store = await open_store(PG_URL, found.master_key, schema=schema)
     running = await start_server(config, app=app, secrets=found, store=store)
     assert found.new_token is not None
     admin = httpx.AsyncClient(
@@ -193,9 +156,9 @@ async def any_server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     schema = None
     if request.param == "postgresql":
         schema = request.getfixturevalue("pg_schema")
-        await _pg(f'DROP SCHEMA "{schema}" CASCADE')
-        await _pg(f'CREATE SCHEMA "{schema}"')
-    srv = await start_at(tmp_path / "data", pg_schema=schema)
+        await pg_execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await pg_execute(f'CREATE SCHEMA "{schema}"')
+    srv = await start_at(tmp_path / "data", schema=schema)
     yield srv
     await srv.admin.aclose()
     await srv.running.stop()

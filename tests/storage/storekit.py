@@ -7,59 +7,17 @@ locally and fails them when ``CI`` is set (CI must run PostgreSQL).
 
 from __future__ import annotations
 
-import asyncio
-import os
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 from keyseed.storage.sql import SqlStore, open_store
+from pgtest import PG_URL, pg_execute, pg_schema  # noqa: F401 - for conftest.py, test_sql.py
 
-PG_URL = os.environ.get("KEYSEED_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 MASTER_KEY = bytes(range(32))
-
-T = TypeVar("T")
-
-
-def run_in_thread(fn: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine to completion on its own loop in another thread, so module-scoped
-    set-up does not touch the event loop of the test being set up."""
-
-    async def main() -> T:
-        return await fn()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, main()).result()
-
-
-async def pg_execute(sql: str) -> None:
-    engine = create_async_engine(PG_URL, poolclass=NullPool, connect_args={"timeout": 5})
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(sa.text(sql))
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def pg_schema() -> Iterator[str]:
-    name = f"ks_{secrets.token_hex(6)}"
-    try:
-        run_in_thread(lambda: pg_execute(f'CREATE SCHEMA "{name}"'))
-    except (OSError, sa.exc.SQLAlchemyError) as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI and unreachable: {type(exc).__name__}")
-        pytest.skip(f"PostgreSQL unreachable ({type(exc).__name__}); set KEYSEED_TEST_PG")
-    yield name
-    run_in_thread(lambda: pg_execute(f'DROP SCHEMA "{name}" CASCADE'))
 
 
 @dataclass

@@ -29,7 +29,6 @@ import ipaddress
 import os
 import re
 import stat
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 
 from ..protocol.policy import DEFAULT_POLICY
+from ..settings import ConfigError, read_toml_section
 
 ENV_URL = "KEYSEED_ADMIN_URL"
 ENV_TOKEN = "KEYSEED_ADMIN_TOKEN"  # noqa: S105 - a variable name
@@ -209,23 +209,12 @@ def _load_config_file(path: Path, *, explicit: bool) -> tuple[dict[str, Any], Pa
     if not explicit and not path.exists():
         return {}, None
     try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except OSError as exc:
-        raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
-    table = raw.get("admin", raw)
-    if not isinstance(table, dict):
-        raise UsageError(f"config file {path}: [admin] is not a table")
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        name = key.replace("-", "_")
-        if name not in _CONFIG_KEYS:
-            raise UsageError(f"config file {path}: unknown setting {key!r}")
+        out = read_toml_section(path, "admin", _CONFIG_KEYS)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    for key, value in out.items():
         if not isinstance(value, str):
             raise UsageError(f"config file {path}: {key} must be a string")
-        out[name] = value
     if "token" in out or "device_token" in out:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
@@ -236,26 +225,50 @@ def _load_config_file(path: Path, *, explicit: bool) -> tuple[dict[str, Any], Pa
     return out, path
 
 
-def _pick(
+@dataclass(frozen=True, slots=True)
+class _TokenSource:
+    """Where one kind of token may come from: its config keys (also its flags, as
+    ``--token``/``--token-file``), its environment variables, and what its file is called in
+    messages."""
+
+    keys: tuple[str, str]
+    env: tuple[str, str]
+    file_what: str
+
+
+_ADMIN_TOKEN = _TokenSource(("token", "token_file"), (ENV_TOKEN, ENV_TOKEN_FILE), "token file")
+_DEVICE_TOKEN = _TokenSource(
+    ("device_token", "device_token_file"),
+    (ENV_DEVICE_TOKEN, ENV_DEVICE_TOKEN_FILE),
+    "device token file",
+)
+
+
+def _find_token(
+    source: _TokenSource,
     flags: tuple[str | None, str | None],
-    env: tuple[str, str],
     environ: Mapping[str, str],
-    conf: tuple[str | None, str | None],
-    names: tuple[str, str],
-) -> tuple[str | None, str | None, str]:
-    """The first level (flags, environment, file) that gives a token or a token file: one
-    of the two, never both. Returns (token, token file, where it came from)."""
+    conf: Mapping[str, Any],
+    conf_path: Path | None,
+) -> str | None:
+    """The token of the first level (flags, environment, file) that gives a token or a token
+    file (one of the two, never both); None when no level does. A relative token file named
+    in the config file is found beside it."""
+    key, file_key = source.keys
+    env, file_env = source.env
     levels = (
-        (flags, f"--{names[0].replace('_', '-')}/--{names[1].replace('_', '-')}"),
-        ((environ.get(env[0]) or None, environ.get(env[1]) or None), f"{env[0]}/{env[1]}"),
-        (conf, f"config {names[0]}/{names[1]}"),
+        (flags, f"--{key.replace('_', '-')}/--{file_key.replace('_', '-')}", None),
+        ((environ.get(env) or None, environ.get(file_env) or None), f"{env}/{file_env}", None),
+        ((conf.get(key), conf.get(file_key)), f"config {key}/{file_key}", conf_path),
     )
-    for (token, token_file), where in levels:
+    for (token, token_file), where, base in levels:
         if token is not None and token_file is not None:
             raise UsageError(f"both a token and a token file are given ({where}): keep one")
-        if token is not None or token_file is not None:
-            return token, token_file, where
-    return None, None, ""
+        if token is not None:
+            return check_token(token, where)
+        if token_file is not None:
+            return read_secret_file(_resolve_file(token_file, base), source.file_what)
+    return None
 
 
 def _config(config: str | None, environ: Mapping[str, str]) -> tuple[dict[str, Any], Path | None]:
@@ -288,19 +301,9 @@ def load_admin_settings(
     conf, conf_path = _config(config, environ)
     raw_url = url or environ.get(ENV_URL) or conf.get("url") or DEFAULT_URL
     base = normalize_url(raw_url, strip="/v1/admin", what="the server URL")
-    tok, tok_file, where = _pick(
-        (token, token_file),
-        (ENV_TOKEN, ENV_TOKEN_FILE),
-        environ,
-        (conf.get("token"), conf.get("token_file")),
-        ("token", "token_file"),
-    )
-    if tok is not None:
-        return Settings(base, check_token(tok, where))
-    if tok_file is not None:
-        from_conf = where.startswith("config")
-        path = _resolve_file(tok_file, conf_path if from_conf else None)
-        return Settings(base, read_secret_file(path, "token file"))
+    found = _find_token(_ADMIN_TOKEN, (token, token_file), environ, conf, conf_path)
+    if found is not None:
+        return Settings(base, found)
     raise UsageError(
         f"no admin token: give --token-file FILE (mode 0600), or set {ENV_TOKEN_FILE} or "
         f"{ENV_TOKEN}, or put token_file in {DEFAULT_CONFIG}"
@@ -329,19 +332,9 @@ def load_device_settings(
             "no device URL: give --device-url http://HOST:PORT (the device's --listen address)"
         )
     base = normalize_url(raw_url, strip="/v1", what="the device URL")
-    tok, tok_file, where = _pick(
-        (token, token_file),
-        (ENV_DEVICE_TOKEN, ENV_DEVICE_TOKEN_FILE),
-        environ,
-        (conf.get("device_token"), conf.get("device_token_file")),
-        ("device_token", "device_token_file"),
-    )
-    if tok is not None:
-        return Settings(base, check_token(tok, where))
-    if tok_file is not None:
-        from_conf = where.startswith("config")
-        path = _resolve_file(tok_file, conf_path if from_conf else None)
-        return Settings(base, read_secret_file(path, "device token file"))
+    found = _find_token(_DEVICE_TOKEN, (token, token_file), environ, conf, conf_path)
+    if found is not None:
+        return Settings(base, found)
     raise UsageError(
         "no device token: give --device-token-file KEYSTORE.token (the file beside the "
         "device's keystore)"

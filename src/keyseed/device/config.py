@@ -13,11 +13,8 @@ device and a server on one host (a test bench, a laptop) never read each other's
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
-import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +22,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..crypto.suites import SUITES
+from ..settings import ConfigError, load_settings
 
 ENV_PREFIX = "KEYSEED_DEVICE_"
 DEVICE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 DEFAULT_SUITE = "hpke-x25519"
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, of the wrong type or out of range."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,7 +102,6 @@ class DeviceAgentConfig:
         return None if self.listen is None else split_hostport(self.listen)
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(DeviceAgentConfig)}
 _REQUIRED = ("id", "server", "keystore")
 
 
@@ -229,58 +222,23 @@ def _convert(name: str, value: Any) -> Any:
     raise ConfigError(f"unknown setting {name}")  # pragma: no cover
 
 
-def _from_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    table = raw.get("device", raw)
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [device] is not a table")
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        name = key.replace("-", "_")
-        if name not in _FIELDS or name == "config":
-            raise ConfigError(f"{path}: unknown setting {key!r}")
-        out[name] = value
-    return out
-
-
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in _FIELDS:
-        value = env.get(ENV_PREFIX + name.upper())
-        if value is not None and name != "config":
-            out[name] = value
-    return out
-
-
 def load_device_config(
     flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
 ) -> DeviceAgentConfig:
-    """Merge flags > environment > TOML file > defaults.
+    """Merge flags > environment > TOML file (top level or ``[device]``) > defaults.
 
     Raises:
         ConfigError: a value is invalid or missing, or the TOML file cannot be read.
     """
-    flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    env = os.environ if env is None else env
-    path = flags.get("config") or env.get(ENV_PREFIX + "CONFIG")
-    merged: dict[str, Any] = {}
-    if path:
-        merged.update(_from_toml(Path(path)))
-    merged.update(_from_env(env))
-    merged.update({k: v for k, v in flags.items() if k != "config"})
-    missing = [n for n in _REQUIRED if n not in merged]
-    if missing:
-        raise ConfigError(
-            "missing " + ", ".join("--" + n for n in missing) + " (flag, environment or file)"
-        )
-    values = {name: _convert(name, value) for name, value in merged.items()}
-    cfg = DeviceAgentConfig(config=Path(path) if path else None, **values)
+    cfg = load_settings(
+        DeviceAgentConfig,
+        flags,
+        env,
+        env_prefix=ENV_PREFIX,
+        section="device",
+        convert=_convert,
+        required=_REQUIRED,
+    )
     if cfg.backoff_max < cfg.backoff_initial:
         raise ConfigError("backoff-max is shorter than backoff-initial")
     return cfg

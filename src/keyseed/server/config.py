@@ -10,9 +10,6 @@ share one name: ``admin_port``, ``--admin-port``, ``KEYSEED_ADMIN_PORT``, ``admi
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,16 +18,13 @@ from typing import Any
 from ..crypto.suites import SUITES
 from ..protocol.constants import HANDSHAKE_TIMEOUT, S27_TIMEOUT
 from ..protocol.policy import DEFAULT_POLICY, RekeyPolicy
+from ..settings import ConfigError, load_settings
 
 ENV_PREFIX = "KEYSEED_"
 #: Server apps ``app`` may name (see :func:`keyseed.server.apps.make_app`).
 APP_NAMES = ("microwave", "echo", "none")
 #: Largest rekey-policy limit (the wire carries unsigned 63-bit integers).
 POLICY_MAX = 2**63 - 1
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, of the wrong type or out of range."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,9 +120,6 @@ class ServerConfig:
             raise ConfigError(f"bad default policy: {exc}") from None
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}
-
-
 def _convert(name: str, value: Any) -> Any:
     """Turn a value from any source (a string from the environment, a TOML value, a flag)
     into the field's type, or raise ConfigError."""
@@ -184,39 +175,10 @@ def _convert(name: str, value: Any) -> Any:
     raise ConfigError(f"unknown setting {name}")  # pragma: no cover
 
 
-def _from_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    table = raw.get("server", raw)
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [server] is not a table")
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        name = key.replace("-", "_")
-        if name not in _FIELDS or name == "config":
-            raise ConfigError(f"{path}: unknown setting {key!r}")
-        out[name] = value
-    return out
-
-
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in _FIELDS:
-        value = env.get(ENV_PREFIX + name.upper())
-        if value is not None and name != "config":
-            out[name] = value
-    return out
-
-
 def load_config(
     flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
 ) -> ServerConfig:
-    """Merge flags > environment > TOML file > defaults.
+    """Merge flags > environment > TOML file (top level or ``[server]``) > defaults.
 
     Args:
         flags: values given on the command line (None: not given), keyed by field name.
@@ -225,16 +187,9 @@ def load_config(
     Raises:
         ConfigError: a value is invalid, or the TOML file cannot be read.
     """
-    flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    env = os.environ if env is None else env
-    path = flags.get("config") or env.get(ENV_PREFIX + "CONFIG")
-    merged: dict[str, Any] = {}
-    if path:
-        merged.update(_from_toml(Path(path)))
-    merged.update(_from_env(env))
-    merged.update({k: v for k, v in flags.items() if k != "config"})
-    values = {name: _convert(name, value) for name, value in merged.items()}
-    return ServerConfig(config=Path(path) if path else None, **values)
+    return load_settings(
+        ServerConfig, flags, env, env_prefix=ENV_PREFIX, section="server", convert=_convert
+    )
 
 
 __all__ = ["APP_NAMES", "ENV_PREFIX", "POLICY_MAX", "ConfigError", "ServerConfig", "load_config"]
