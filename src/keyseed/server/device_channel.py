@@ -51,6 +51,7 @@ from ..protocol.events import (
     PeerConfirmed,
     StoreRecord,
 )
+from ..protocol.records import DeviceRecord
 from ..protocol.server import ServerProtocol
 from ..protocol.states import ServerState
 from .metrics import CAUSE_EXPIRED
@@ -172,6 +173,26 @@ class DeviceConnection:
                 raise ConnectionError("connection closed")
             try:
                 return action(self.proto, time.monotonic())
+            finally:
+                await self._after_input()
+
+    async def call_with_record(
+        self, action: Callable[[ServerProtocol, DeviceRecord | None, float, float], T]
+    ) -> T:
+        """:meth:`call`, with the device's record loaded under the connection's lock: the
+        record handed to the core is then never older than one this connection wrote itself
+        (an older one would fence it by its stale connection generation).
+
+        Raises:
+            ConnectionError: the connection is closed or no device is attached to it; and
+            what the store or ``action`` raises.
+        """
+        async with self.lock:
+            if self.closed or self.device_id is None:
+                raise ConnectionError("connection closed")
+            record, db_now = await self.rt.store.load(self.device_id)
+            try:
+                return action(self.proto, record, db_now, time.monotonic())
             finally:
                 await self._after_input()
 

@@ -4,6 +4,9 @@
 :class:`Runtime`: what both listeners of one server share (configuration, secrets, the core's
 context, the store, the hub of live connections, metrics, the server app), and the
 rate-limited audit rows written for attempts that change no record.
+
+The hub listens on a bus (:func:`keyseed.storage.notify.make_bus`): PostgreSQL's LISTEN/NOTIFY
+when the store is PostgreSQL (several processes may share it), an in-process no-op otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING
 from ..apps.microwave import RecipeService
 from ..protocol.events import AuditEntry
 from ..protocol.server import ServerContext
+from ..storage.notify import make_bus
 from ..storage.repository import Store
 from ..storage.sql import open_store
 from .apps import ServerApp, make_app
@@ -93,8 +97,9 @@ class Runtime:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """Close live connections, finish audit writes, close the store."""
+        """Close live connections, stop listening, finish audit writes, close the store."""
         await self.hub.close_all()
+        await self.hub.stop()
         for conn in list(self.connections):
             await conn.close_now()
         if self._tasks:
@@ -138,6 +143,11 @@ async def open_runtime(
     )
     if isinstance(rt.app, RecipeService):
         rt.app.attach_push(rt.hub.send_app)
+    try:
+        await rt.hub.start(store, make_bus(store))
+    except BaseException:
+        await store.close()
+        raise
     return rt
 
 

@@ -156,7 +156,7 @@ async def open_store(url: str, master_key: bytes, *, schema: str | None = None) 
     except BaseException:
         await engine.dispose()
         raise
-    return SqlStore(engine, seal)
+    return SqlStore(engine, seal, schema=schema)
 
 
 async def _upgrade(engine: AsyncEngine) -> None:
@@ -220,9 +220,11 @@ def _writer(engine: AsyncEngine) -> AsyncEngine:
 class SqlStore:
     """Device records and the audit log in SQL. Build it with :func:`open_store`."""
 
-    def __init__(self, engine: AsyncEngine, seal: AtRestKey) -> None:
+    def __init__(self, engine: AsyncEngine, seal: AtRestKey, *, schema: str | None = None) -> None:
         # The engine (pool) every transaction runs on; its URL never appears in errors here.
         self._engine = engine
+        # The PostgreSQL schema in use (None: the connection's default search_path).
+        self._schema = schema
         # The same pool for writing transactions (they take SQLite's write lock at BEGIN).
         self._writer = _writer(engine)
         # Seals and opens records under the master key.
@@ -234,6 +236,12 @@ class SqlStore:
     def engine(self) -> AsyncEngine:
         """The engine, for code that needs the database beyond this interface."""
         return self._engine
+
+    @property
+    def schema(self) -> str | None:
+        """The PostgreSQL schema this store lives in (None: the default search_path); server
+        processes sharing it share its notification channels (:mod:`keyseed.storage.notify`)."""
+        return self._schema
 
     @property
     def dialect(self) -> str:
