@@ -26,6 +26,7 @@ from .bench.core import (
     run_core,
     split_available,
 )
+from .bench.system import add_bench_system
 from .console.admin_cli import add_admin_parser
 from .crypto.suites import SUITES
 from .demo import add_demo_parser
@@ -33,6 +34,7 @@ from .device.cli import add_device_parser
 from .server.config import APP_NAMES, ConfigError, ServerConfig, load_config
 from .server.datadir import DataDirError
 from .server.run import serve
+from .simulate import add_simulate_parser
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -69,7 +71,7 @@ def _bind(parser: argparse.ArgumentParser, handler: Handler | None) -> None:
 def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = commands.add_parser(
         "bench",
-        help="measure the protocol cores",
+        help="measure the server against TLS 1.3 (or, with `core`, the protocol cores)",
         formatter_class=_Formatter,
         description="Benchmarks. Each prints figures measured in one run, next to a reference "
         "measured in the same run, as medians over several rounds.",
@@ -77,6 +79,8 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _bind(bench, None)
     benchmarks = bench.add_subparsers(metavar="BENCHMARK", title="benchmarks")
     _add_bench_core(benchmarks)
+    # Plain `keyseed bench [--quick] [--json]` runs the system benchmark.
+    add_bench_system(bench, benchmarks)
 
 
 def _add_bench_core(benchmarks: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -350,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(commands)
     add_admin_parser(commands)
     add_demo_parser(commands)
+    add_simulate_parser(commands)
     return parser
 
 
