@@ -209,7 +209,7 @@ def test_bad_arguments_are_usage_errors(
 
 
 @pytest.mark.parametrize(
-    ("argv", "usage"), [([], "usage: keyseed [-h]"), (["bench"], "usage: keyseed bench [-h]")]
+    ("argv", "usage"), [([], "usage: keyseed [-h]"), (["admin"], "usage: keyseed admin [-h]")]
 )
 def test_group_without_command_shows_its_help(
     capsys: pytest.CaptureFixture[str], argv: list[str], usage: str
