@@ -47,11 +47,13 @@ def _key_from(v: object) -> SharedKey | None:
     return SharedKey(v)
 
 
+_POLICY_NAMES = tuple(f.name for f in dataclasses.fields(RekeyPolicy))
+_POLICY_FIELDS = frozenset(_POLICY_NAMES)
+
+
 def _policy_to(p: RekeyPolicy) -> dict[str, int]:
-    return dataclasses.asdict(p)
-
-
-_POLICY_FIELDS = frozenset(f.name for f in dataclasses.fields(RekeyPolicy))
+    # Not dataclasses.asdict: its deep copy was a visible share of every record written.
+    return {name: getattr(p, name) for name in _POLICY_NAMES}
 
 
 def _policy_from(d: object) -> RekeyPolicy:

@@ -95,6 +95,15 @@ class DeviceConnection:
         self.device_id: str | None = None
         # Monotonic deadline of the idle timeout.
         self._idle_deadline = time.monotonic() + rt.config.idle_timeout
+        # The record as this connection last wrote it. The core asks for the record before
+        # every step; while nobody else has written it, this *is* the stored record, and a
+        # reload would cost a transaction. If somebody else did write it, the core's next
+        # compare-and-set loses and nothing that depended on the stale copy is sent (the
+        # connection closes, as it would on any lost race). Admin actions come through
+        # call_with_record, which reloads.
+        self._own: DeviceRecord | None = None
+        # Database clock minus time.monotonic(), from this connection's last load.
+        self._db_offset = 0.0
 
     @property
     def pending(self) -> bool:
@@ -190,6 +199,7 @@ class DeviceConnection:
         async with self.lock:
             if self.closed or self.device_id is None:
                 raise ConnectionError("connection closed")
+            self._own = None
             record, db_now = await self.rt.store.load(self.device_id)
             try:
                 return action(self.proto, record, db_now, time.monotonic())
@@ -223,15 +233,26 @@ class DeviceConnection:
         try:
             while True:
                 while (device_id := self.proto.wants_record()) is not None:
+                    own = self._own
+                    if own is not None and own.device_id == device_id:
+                        now = time.monotonic()
+                        self.proto.provide_record(own, now + self._db_offset, now)
+                        continue
                     record, db_now = await store.load(device_id)
-                    self.proto.provide_record(record, db_now, time.monotonic())
+                    now = time.monotonic()
+                    self._db_offset = db_now - now
+                    self.proto.provide_record(record, db_now, now)
                 batch = self.proto.events_received()
                 if not batch:
                     return events
                 for ev in batch:
-                    if isinstance(ev, StoreRecord) and not await store.cas(ev):
-                        log.info("compare-and-set lost device=%s", ev.record.device_id)
-                        self.proto.store_failed()
+                    if isinstance(ev, StoreRecord):
+                        self._own = None
+                        if await store.cas(ev):
+                            self._own = ev.record
+                        else:
+                            log.info("compare-and-set lost device=%s", ev.record.device_id)
+                            self.proto.store_failed()
                     events.append(ev)
         except Exception:
             # The database failed: nothing that depended on it may be sent.

@@ -29,9 +29,10 @@ import asyncio
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -39,8 +40,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from ..crypto import DecryptError
@@ -51,6 +51,10 @@ from ..protocol.records import DeviceRecord
 from .repository import AuditRow, StorageError
 from .schema import audit as audit_table
 from .schema import devices
+from .sqlite_runner import SqliteRunner
+from .tx import DriverTx, SaTx, StatementCache, Tx
+
+T = TypeVar("T")
 
 __all__ = ["MIGRATIONS", "SqlStore", "alembic_config", "head_revision", "migrate", "open_store"]
 
@@ -59,6 +63,33 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 #: Milliseconds a SQLite connection waits for the write lock before failing.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+#: Every SQLite connection's settings (see the module docstring).
+SQLITE_PRAGMAS = (
+    "journal_mode=WAL",
+    "secure_delete=ON",
+    "foreign_keys=ON",
+    "synchronous=FULL",
+    f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+)
+
+#: Records opened from their sealed bytes, kept by those bytes (a fresh nonce per write makes
+#: them unique): a connection reloading the row it just wrote skips the unseal and the
+#: strict decode. Bounded, so it costs at most a few MB whatever the fleet.
+RECORD_CACHE = 1024
+
+#: The columns of ``devices`` written from the record (besides its key and ``updated_at``),
+#: each but ``state`` a field of the same name.
+_PLAIN_COLUMNS = (
+    "version",
+    "conn_gen",
+    "epoch",
+    "suite",
+    "revoked",
+    "confirmed",
+    "order_epoch",
+    "state",
+)
 
 #: Key of the PostgreSQL advisory lock held while migrating ("keyseed" in ASCII).
 _MIGRATION_LOCK = 0x6B6579736565_64
@@ -151,12 +182,15 @@ async def open_store(url: str, master_key: bytes, *, schema: str | None = None) 
     engine = create_async_engine(parsed, **options)
     if backend == "sqlite":
         _configure_sqlite(engine)
+    runner = None
     try:
         await _upgrade(engine)
+        if backend == "sqlite" and "poolclass" not in options:
+            runner = await asyncio.to_thread(SqliteRunner, str(parsed.database), SQLITE_PRAGMAS)
     except BaseException:
         await engine.dispose()
         raise
-    return SqlStore(engine, seal, schema=schema)
+    return SqlStore(engine, seal, schema=schema, runner=runner)
 
 
 async def _upgrade(engine: AsyncEngine) -> None:
@@ -193,13 +227,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            for pragma in (
-                "journal_mode=WAL",
-                "secure_delete=ON",
-                "foreign_keys=ON",
-                "synchronous=FULL",
-                f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
-            ):
+            for pragma in SQLITE_PRAGMAS:
                 cursor.execute(f"PRAGMA {pragma}")
         finally:
             cursor.close()
@@ -220,7 +248,14 @@ def _writer(engine: AsyncEngine) -> AsyncEngine:
 class SqlStore:
     """Device records and the audit log in SQL. Build it with :func:`open_store`."""
 
-    def __init__(self, engine: AsyncEngine, seal: AtRestKey, *, schema: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        seal: AtRestKey,
+        *,
+        schema: str | None = None,
+        runner: SqliteRunner | None = None,
+    ) -> None:
         # The engine (pool) every transaction runs on; its URL never appears in errors here.
         self._engine = engine
         # The PostgreSQL schema in use (None: the connection's default search_path).
@@ -231,6 +266,26 @@ class SqlStore:
         self._seal = seal
         # The database clock as a SQL expression of this dialect.
         self._now = sa.literal_column(_NOW_SQL[engine.dialect.name], sa.Double)
+        # The statements of the hot path, built once (their compiled form is cached by
+        # SQLAlchemy; building them anew on every call cost more than running them).
+        self._q_load = sa.select(devices, self._now.label("db_now")).where(
+            devices.c.device_id == sa.bindparam("k_device_id")
+        )
+        self._q_now = sa.select(self._now)
+        self._q_update = (
+            sa.update(devices)
+            .where(devices.c.device_id == sa.bindparam("k_device_id"))
+            .where(devices.c.version == sa.bindparam("k_expected"))
+            .values({name: sa.bindparam(f"v_{name}") for name in _PLAIN_COLUMNS})
+            .values(updated_at=self._now)
+        )
+        self._q_audit = sa.insert(audit_table).values(at=self._now)
+        # SQLite file: the hot-path transactions run on this (one hop each, group commit).
+        self._runner = runner
+        # The hot statements compiled for the SQLite driver (the runner's thread only).
+        self._statements = StatementCache(engine.dialect)
+        # Sealed row bytes -> the record they open to (see RECORD_CACHE).
+        self._opened: OrderedDict[bytes, DeviceRecord] = OrderedDict()
 
     @property
     def engine(self) -> AsyncEngine:
@@ -265,18 +320,16 @@ class SqlStore:
         Raises:
             StorageError: the stored row cannot be trusted (see :class:`StorageError`).
         """
-        async with self._engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(devices, self._now.label("db_now")).where(
-                        devices.c.device_id == device_id
-                    )
-                )
-            ).one_or_none()
+        params = {"k_device_id": device_id}
+
+        def body(tx: Tx) -> tuple[Any, float]:
+            row = tx.first(self._q_load, params)
             if row is None:
-                now = (await conn.execute(sa.select(self._now))).scalar_one()
-                return None, float(now)
-        return self._open_row(row._mapping), float(row.db_now)
+                return None, float(tx.scalar(self._q_now))
+            return row, float(row["db_now"])
+
+        row, now = await self._read(body)
+        return (None if row is None else self._open_row(row)), now
 
     async def list_devices(self) -> list[DeviceRecord]:
         """Every device's record, by device ID.
@@ -341,64 +394,88 @@ class SqlStore:
         """An admin change as a compare-and-set (same rule as :meth:`cas`)."""
         if record.version <= expected_version:
             raise ValueError("a stored change must bump the record's version")
-        stmt = (
-            sa.update(devices)
-            .where(devices.c.device_id == record.device_id)
-            .where(devices.c.version == expected_version)
-            .values(**self._columns(record))
-        )
-        async with self._writer.connect() as conn, conn.begin() as tx:
-            if (await conn.execute(stmt)).rowcount != 1:
-                await tx.rollback()
-                return False
-            await self._insert_audit(conn, audit)
+        sealed = self._seal.seal(record.device_id, record.encode())
+        params = {f"v_{k}": v for k, v in self._columns(record, sealed).items()}
+        params["k_device_id"] = record.device_id
+        params["k_expected"] = expected_version
+
+        def body(tx: Tx) -> bool:
+            if tx.changed(self._q_update, params) != 1:
+                return False  # nothing was written
+            self._insert_audit(tx, audit)
+            return True
+
+        if not await self._write(body):
+            return False
+        self._remember(sealed, record)
         return True
 
     async def insert(self, record: DeviceRecord, audit: Sequence[AuditEntry] = ()) -> bool:
         """Insert a new device's record; False (nothing written) if the device ID exists."""
-        try:
-            async with self._writer.begin() as conn:
-                await conn.execute(
-                    sa.insert(devices).values(device_id=record.device_id, **self._columns(record))
-                )
-                await self._insert_audit(conn, audit)
-        except IntegrityError:
-            return False
-        return True
+        sealed = self._seal.seal(record.device_id, record.encode())
+        stmt = sa.insert(devices).values(
+            device_id=record.device_id, updated_at=self._now, **self._columns(record, sealed)
+        )
+
+        def body(tx: Tx) -> bool:
+            if not tx.insert_new(stmt):
+                return False
+            self._insert_audit(tx, audit)
+            return True
+
+        return await self._write(body)
 
     async def add_audit(self, entries: Sequence[AuditEntry]) -> None:
         """Audit rows that change no record, in one transaction."""
         if entries:
-            async with self._writer.begin() as conn:
-                await self._insert_audit(conn, entries)
+            await self._write(lambda tx: self._insert_audit(tx, entries))
 
     async def close(self) -> None:
         """Close every pooled connection. The store is unusable afterwards."""
+        if self._runner is not None:
+            await self._runner.close()
         await self._engine.dispose()
+
+    # -- transactions -----------------------------------------------------------------------
+
+    async def _read(self, body: Callable[[Tx], T]) -> T:
+        """``body`` in one read transaction."""
+        if self._runner is not None:
+            cache = self._statements
+            return await self._runner.read(lambda db: body(DriverTx(db, cache)))
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(lambda c: body(SaTx(c)))
+
+    async def _write(self, body: Callable[[Tx], T]) -> T:
+        """``body`` in one write transaction, committed before this returns."""
+        if self._runner is not None:
+            cache = self._statements
+            return await self._runner.write(lambda db: body(DriverTx(db, cache)))
+        async with self._writer.begin() as conn:
+            return await conn.run_sync(lambda c: body(SaTx(c)))
 
     # -- rows -------------------------------------------------------------------------------
 
-    def _columns(self, record: DeviceRecord) -> dict[str, Any]:
-        """The columns of ``record``'s row, other than its key: all from the same record."""
-        return {
-            "version": record.version,
-            "conn_gen": record.conn_gen,
-            "epoch": record.epoch,
-            "suite": record.suite,
-            "revoked": record.revoked,
-            "confirmed": record.confirmed,
-            "order_epoch": record.order_epoch,
-            "updated_at": self._now,
-            "state": self._seal.seal(record.device_id, record.encode()),
-        }
+    def _columns(self, record: DeviceRecord, sealed: bytes) -> dict[str, Any]:
+        """The columns of ``record``'s row, other than its key: all from the same record
+        (``sealed`` is its sealed encoding)."""
+        columns = {name: getattr(record, name) for name in _PLAIN_COLUMNS[:-1]}
+        columns["state"] = sealed
+        return columns
 
     def _open_row(self, row: Any) -> DeviceRecord:
         """Open a row's sealed record and check its plain columns agree with it."""
         device_id = row["device_id"]
-        try:
-            record = DeviceRecord.decode(self._seal.open(device_id, bytes(row["state"])))
-        except (DecryptError, MalformedMessage, ValueError) as exc:
-            raise StorageError(f"stored record of {device_id} does not open") from exc
+        sealed = bytes(row["state"])
+        record = self._opened.get(sealed)
+        if record is None:
+            try:
+                record = DeviceRecord.decode(self._seal.open(device_id, sealed))
+            except (DecryptError, MalformedMessage, ValueError) as exc:
+                raise StorageError(f"stored record of {device_id} does not open") from exc
+            self._remember(sealed, record)
+        else:
+            self._opened.move_to_end(sealed)
         plain = (
             row["version"],
             row["conn_gen"],
@@ -408,7 +485,7 @@ class SqlStore:
             bool(row["confirmed"]),
             row["order_epoch"],
         )
-        sealed = (
+        inside = (
             record.version,
             record.conn_gen,
             record.epoch,
@@ -417,15 +494,20 @@ class SqlStore:
             record.confirmed,
             record.order_epoch,
         )
-        if record.device_id != device_id or plain != sealed:
+        if record.device_id != device_id or plain != inside:
             raise StorageError(f"stored columns of {device_id} disagree with its record")
         return record
 
-    async def _insert_audit(self, conn: AsyncConnection, entries: Sequence[AuditEntry]) -> None:
+    def _remember(self, sealed: bytes, record: DeviceRecord) -> None:
+        self._opened[sealed] = record
+        if len(self._opened) > RECORD_CACHE:
+            self._opened.popitem(last=False)
+
+    def _insert_audit(self, tx: Tx, entries: Sequence[AuditEntry]) -> None:
         if not entries:
             return
-        await conn.execute(
-            sa.insert(audit_table).values(at=self._now),
+        tx.many(
+            self._q_audit,
             [
                 {
                     "kind": e.kind,
