@@ -65,8 +65,6 @@ T = TypeVar("T")
 
 #: WebSocket close code of a failure: 4000 + ErrorCode.
 WS_CODE_BASE = 4000
-#: Frames a connection may have queued between the socket and the core.
-_QUEUE = 8
 _EOF = object()
 
 
@@ -104,6 +102,9 @@ class DeviceConnection:
         self._own: DeviceRecord | None = None
         # Database clock minus time.monotonic(), from this connection's last load.
         self._db_offset = 0.0
+        # The loop timer of the next deadline (see _arm), and the task it last started.
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline_task: asyncio.Task[None] | None = None
 
     @property
     def pending(self) -> bool:
@@ -113,39 +114,47 @@ class DeviceConnection:
     # -- the connection's life ------------------------------------------------------------
 
     async def serve(self) -> None:
-        """Accept the WebSocket and run the connection until it closes."""
+        """Accept the WebSocket and run the connection until it closes.
+
+        One task per connection reads the socket and runs the core; the core's timers and
+        the idle timeout are a loop timer that starts a task only when it fires. (A reader
+        task and a queue per connection cost about 5 KB of every idle device's memory.)
+        """
         await self.ws.accept()
-        queue: asyncio.Queue[object] = asyncio.Queue(_QUEUE)
-        reader = asyncio.create_task(self._read(queue))
+        self._arm()
         try:
             while not self.closed:
-                now = time.monotonic()
-                timer = self.proto.get_timer()
-                deadline = min(self._idle_deadline, math.inf if timer is None else timer)
                 try:
-                    item = await asyncio.wait_for(queue.get(), max(0.0, deadline - now))
-                except TimeoutError:
-                    await self._on_deadline()
-                    continue
-                await self._on_item(item)
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            await self._shutdown()
-
-    async def _read(self, queue: asyncio.Queue[object]) -> None:
-        """Move frames from the socket to the queue (bounded: a fast sender waits)."""
-        try:
-            while True:
-                message = await self.ws.receive()
+                    message = await self.ws.receive()
+                except (WebSocketDisconnect, RuntimeError, OSError):
+                    message = {"type": "websocket.disconnect"}
                 if message["type"] == "websocket.disconnect":
+                    await self._on_item(_EOF)
                     break
                 data = message.get("bytes")
-                await queue.put(data if data is not None else ("text", message.get("text")))
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            pass
-        await queue.put(_EOF)
+                await self._on_item(data if data is not None else ("text", message.get("text")))
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            await self._shutdown()
+
+    def _arm(self) -> None:
+        """(Re)start the loop timer at the earlier of the idle timeout and the core's timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.closed:
+            return
+        timer = self.proto.get_timer()
+        deadline = min(self._idle_deadline, math.inf if timer is None else timer)
+        loop = asyncio.get_running_loop()
+        # time.monotonic() is the loop's clock too; the core's times are on it.
+        self._timer = loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        # Held here: the loop keeps only a weak reference to a task.
+        self._deadline_task = asyncio.get_running_loop().create_task(self._on_deadline())
 
     async def _on_item(self, item: object) -> None:
         async with self.lock:
@@ -164,6 +173,8 @@ class DeviceConnection:
 
     async def _on_deadline(self) -> None:
         async with self.lock:
+            if self.closed:
+                return
             now = time.monotonic()
             if now >= self._idle_deadline:
                 self.proto.fail(ErrorCode.TIMEOUT, "idle")
@@ -224,7 +235,8 @@ class DeviceConnection:
                 await self._close(events)
             more = await self._dispatch(events)
             if not more:
-                return
+                break
+        self._arm()
 
     async def _commit(self) -> list[Event]:
         """Records in, durable events committed; returns every event of the round."""

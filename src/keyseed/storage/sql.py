@@ -76,7 +76,7 @@ SQLITE_PRAGMAS = (
 #: Records opened from their sealed bytes, kept by those bytes (a fresh nonce per write makes
 #: them unique): a connection reloading the row it just wrote skips the unseal and the
 #: strict decode. Bounded, so it costs at most a few MB whatever the fleet.
-RECORD_CACHE = 1024
+RECORD_CACHE = 256
 
 #: The columns of ``devices`` written from the record (besides its key and ``updated_at``),
 #: each but ``state`` a field of the same name.
