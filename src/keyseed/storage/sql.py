@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -52,7 +53,7 @@ from .repository import AuditRow, StorageError
 from .schema import audit as audit_table
 from .schema import devices
 from .sqlite_runner import SqliteRunner
-from .tx import DriverTx, SaTx, StatementCache, Tx
+from .tx import DriverTx, PgTx, SaTx, StatementCache, Steps, arun, run
 
 T = TypeVar("T")
 
@@ -90,6 +91,9 @@ _PLAIN_COLUMNS = (
     "order_epoch",
     "state",
 )
+
+#: asyncpg connections per process for the hot path (PostgreSQL).
+PG_POOL = 8
 
 #: Key of the PostgreSQL advisory lock held while migrating ("keyseed" in ASCII).
 _MIGRATION_LOCK = 0x6B6579736565_64
@@ -182,15 +186,22 @@ async def open_store(url: str, master_key: bytes, *, schema: str | None = None) 
     engine = create_async_engine(parsed, **options)
     if backend == "sqlite":
         _configure_sqlite(engine)
-    runner = None
+    runner = pg = None
     try:
         await _upgrade(engine)
         if backend == "sqlite" and "poolclass" not in options:
             runner = await asyncio.to_thread(SqliteRunner, str(parsed.database), SQLITE_PRAGMAS)
+        elif backend == "postgresql":
+            pg = await asyncpg.create_pool(
+                parsed.set(drivername="postgresql").render_as_string(hide_password=False),
+                min_size=1,
+                max_size=PG_POOL,
+                server_settings={} if schema is None else {"search_path": schema},
+            )
     except BaseException:
         await engine.dispose()
         raise
-    return SqlStore(engine, seal, schema=schema, runner=runner)
+    return SqlStore(engine, seal, schema=schema, runner=runner, pg=pg)
 
 
 async def _upgrade(engine: AsyncEngine) -> None:
@@ -255,6 +266,7 @@ class SqlStore:
         *,
         schema: str | None = None,
         runner: SqliteRunner | None = None,
+        pg: asyncpg.Pool | None = None,
     ) -> None:
         # The engine (pool) every transaction runs on; its URL never appears in errors here.
         self._engine = engine
@@ -279,10 +291,13 @@ class SqlStore:
             .values({name: sa.bindparam(f"v_{name}") for name in _PLAIN_COLUMNS})
             .values(updated_at=self._now)
         )
-        self._q_audit = sa.insert(audit_table).values(at=self._now)
+        # inline(): no RETURNING of the new ids (nothing reads them).
+        self._q_audit = sa.insert(audit_table).values(at=self._now).inline()
         # SQLite file: the hot-path transactions run on this (one hop each, group commit).
         self._runner = runner
-        # The hot statements compiled for the SQLite driver (the runner's thread only).
+        # PostgreSQL: the hot-path transactions run on asyncpg connections of this pool.
+        self._pg = pg
+        # The hot statements compiled for the drivers.
         self._statements = StatementCache(engine.dialect)
         # Sealed row bytes -> the record they open to (see RECORD_CACHE).
         self._opened: OrderedDict[bytes, DeviceRecord] = OrderedDict()
@@ -322,10 +337,10 @@ class SqlStore:
         """
         params = {"k_device_id": device_id}
 
-        def body(tx: Tx) -> tuple[Any, float]:
-            row = tx.first(self._q_load, params)
+        def body() -> Steps[tuple[Any, float]]:
+            row = yield ("first", self._q_load, params)
             if row is None:
-                return None, float(tx.scalar(self._q_now))
+                return None, float((yield ("scalar", self._q_now)))
             return row, float(row["db_now"])
 
         row, now = await self._read(body)
@@ -399,10 +414,10 @@ class SqlStore:
         params["k_device_id"] = record.device_id
         params["k_expected"] = expected_version
 
-        def body(tx: Tx) -> bool:
-            if tx.changed(self._q_update, params) != 1:
+        def body() -> Steps[bool]:
+            if (yield ("changed", self._q_update, params)) != 1:
                 return False  # nothing was written
-            self._insert_audit(tx, audit)
+            yield from self._insert_audit(audit)
             return True
 
         if not await self._write(body):
@@ -417,10 +432,10 @@ class SqlStore:
             device_id=record.device_id, updated_at=self._now, **self._columns(record, sealed)
         )
 
-        def body(tx: Tx) -> bool:
-            if not tx.insert_new(stmt):
+        def body() -> Steps[bool]:
+            if not (yield ("insert_new", stmt)):
                 return False
-            self._insert_audit(tx, audit)
+            yield from self._insert_audit(audit)
             return True
 
         return await self._write(body)
@@ -428,31 +443,36 @@ class SqlStore:
     async def add_audit(self, entries: Sequence[AuditEntry]) -> None:
         """Audit rows that change no record, in one transaction."""
         if entries:
-            await self._write(lambda tx: self._insert_audit(tx, entries))
+            await self._write(lambda: self._insert_audit(entries))
 
     async def close(self) -> None:
         """Close every pooled connection. The store is unusable afterwards."""
         if self._runner is not None:
             await self._runner.close()
+        if self._pg is not None:
+            await self._pg.close()
         await self._engine.dispose()
 
     # -- transactions -----------------------------------------------------------------------
 
-    async def _read(self, body: Callable[[Tx], T]) -> T:
+    async def _read(self, body: Callable[[], Steps[T]]) -> T:
         """``body`` in one read transaction."""
-        if self._runner is not None:
-            cache = self._statements
-            return await self._runner.read(lambda db: body(DriverTx(db, cache)))
-        async with self._engine.begin() as conn:
-            return await conn.run_sync(lambda c: body(SaTx(c)))
+        return await self._run(body, write=False)
 
-    async def _write(self, body: Callable[[Tx], T]) -> T:
+    async def _write(self, body: Callable[[], Steps[T]]) -> T:
         """``body`` in one write transaction, committed before this returns."""
+        return await self._run(body, write=True)
+
+    async def _run(self, body: Callable[[], Steps[T]], *, write: bool) -> T:
+        cache = self._statements
         if self._runner is not None:
-            cache = self._statements
-            return await self._runner.write(lambda db: body(DriverTx(db, cache)))
-        async with self._writer.begin() as conn:
-            return await conn.run_sync(lambda c: body(SaTx(c)))
+            job = self._runner.write if write else self._runner.read
+            return await job(lambda db: run(body(), DriverTx(db, cache)))
+        if self._pg is not None:
+            async with self._pg.acquire() as conn, conn.transaction():
+                return await arun(body(), PgTx(conn, cache))
+        async with (self._writer if write else self._engine).begin() as conn:
+            return await conn.run_sync(lambda c: run(body(), SaTx(c)))
 
     # -- rows -------------------------------------------------------------------------------
 
@@ -503,10 +523,11 @@ class SqlStore:
         if len(self._opened) > RECORD_CACHE:
             self._opened.popitem(last=False)
 
-    def _insert_audit(self, tx: Tx, entries: Sequence[AuditEntry]) -> None:
+    def _insert_audit(self, entries: Sequence[AuditEntry]) -> Steps[None]:
         if not entries:
             return
-        tx.many(
+        yield (
+            "many",
             self._q_audit,
             [
                 {
