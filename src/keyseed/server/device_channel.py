@@ -139,17 +139,24 @@ class DeviceConnection:
             await self._shutdown()
 
     def _arm(self) -> None:
-        """(Re)start the loop timer at the earlier of the idle timeout and the core's timer."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Make sure the loop timer fires no later than the earlier of the idle timeout and
+        the core's timer. A timer already set earlier stays: firing early costs one wakeup
+        that re-arms (the core runs only deadlines that have passed), whereas moving the
+        timer on every frame, as the idle timeout moves, cost a cancel and a heap push each.
+        """
         if self.closed:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             return
         timer = self.proto.get_timer()
         deadline = min(self._idle_deadline, math.inf if timer is None else timer)
-        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            if self._timer.when() <= deadline:
+                return
+            self._timer.cancel()
         # time.monotonic() is the loop's clock too; the core's times are on it.
-        self._timer = loop.call_at(deadline, self._fire)
+        self._timer = asyncio.get_running_loop().call_at(deadline, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
