@@ -53,6 +53,12 @@ from keyseed.protocol.messages import (
     Msg402,
     Msg403,
     Msg404,
+    PairAck,
+    PairData,
+    PairKey,
+    PairRefused,
+    PairRequest,
+    PairSync,
     Policy,
     SeedRequest,
     decode_frame,
@@ -577,8 +583,23 @@ def message_instances() -> list[tuple[str, Message]]:
                 pend_proof=mac2,
             ),
         ),
+        (
+            "hello-tls-reduced",
+            Hello(
+                device_id=DEVICE_ID,
+                suite="hpke-x25519",
+                nd=ND,
+                cur_id=kid,
+                cur_proof=mac,
+                tls_reduced=True,
+            ),
+        ),
         ("hello-ack-unauthenticated", HelloAck(ns=NS, epoch=0)),
         ("hello-ack-key", HelloAck(ns=NS, epoch=7, key_id=kid, mac=mac)),
+        (
+            "hello-ack-tls-reduced",
+            HelloAck(ns=NS, epoch=7, key_id=kid, mac=mac, tls_reduced=True),
+        ),
         ("fin", Fin(mac=mac)),
         ("close", Close(code=int(perr.ErrorCode.AUTH_FAILED))),
         ("close-max", Close(code=255)),
@@ -625,6 +646,19 @@ def message_instances() -> list[tuple[str, Message]]:
                 epoch=2**32 - 1, r0=fixed("msg R0", 32), seed_id=seed_id, otk=None, policy=POLICY
             ),
         ),
+        (
+            "m206-profile",
+            Msg206(
+                epoch=3,
+                r0=fixed("msg R0", 32),
+                seed_id=seed_id,
+                otk=fixed("msg otk", 32),
+                policy=POLICY,
+                suite="hpke-mlkem768-x25519",
+                server_key=fixed("msg server key", 1216),
+                tls_reduced=True,
+            ),
+        ),
         ("m207-ping", Msg207(pong=False, token=fixed("token", 8))),
         ("m207-pong", Msg207(pong=True, token=fixed("token", 8))),
         ("m208", Msg208(device_id=DEVICE_ID)),
@@ -636,6 +670,41 @@ def message_instances() -> list[tuple[str, Message]]:
         ("m402", Msg402(device_id=DEVICE_ID, order_epoch=4)),
         ("m403", Msg403(epoch=4)),
         ("m404", Msg404(epoch=4)),
+        *pair_instances(),
+    ]
+
+
+def pair_instances() -> list[tuple[str, Message]]:
+    """The pair messages (5xx), optional fields present and absent."""
+    pid = fixed("msg pair_id", 16)
+    e_i, e_r = fixed("msg e_i", 32), fixed("msg e_r", 32)
+    common = {"pair_id": pid, "initiator": "oven-1", "responder": "oven-2"}
+    return [
+        ("pair-request-relay", PairRequest(peer="oven-2", mode="relay")),
+        ("pair-request-e2e-renew", PairRequest(peer="oven-2", mode="e2e", e=e_i, pair_id=pid)),
+        (
+            "pair-key-relay",
+            PairKey(
+                epoch=2,
+                mode="relay",
+                chained=True,
+                material=fixed("msg pair material", 32),
+                seed=fixed("msg pair seed", 32),
+                **common,
+            ),
+        ),
+        ("pair-key-e2e-responder", PairKey(epoch=1, mode="e2e", chained=False, e_i=e_i, **common)),
+        (
+            "pair-key-e2e-initiator",
+            PairKey(epoch=1, mode="e2e", chained=False, e_i=e_i, e_r=e_r, **common),
+        ),
+        ("pair-ack", PairAck(pair_id=pid, epoch=1)),
+        ("pair-ack-half", PairAck(pair_id=pid, epoch=1, e=e_r)),
+        ("pair-data", PairData(pair_id=pid, epoch=1, seq=7, ct=fixed("msg pair ct", 21))),
+        ("pair-refused-peer", PairRefused(peer="oven-2", cause=1)),
+        ("pair-refused-pair", PairRefused(pair_id=pid, cause=2)),
+        ("pair-sync", PairSync(held=(pid,))),
+        ("pair-sync-empty", PairSync(held=())),
     ]
 
 

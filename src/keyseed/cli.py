@@ -26,7 +26,7 @@ from .bench.core import (
     run_core,
     split_available,
 )
-from .bench.system import add_bench_system
+from .bench.system import add_bench_system, add_bench_tls
 from .console.admin_cli import add_admin_parser
 from .crypto.suites import SUITES
 from .demo import add_demo_parser
@@ -81,6 +81,7 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_bench_core(benchmarks)
     # Plain `keyseed bench [--quick] [--json]` runs the system benchmark.
     add_bench_system(bench, benchmarks)
+    add_bench_tls(benchmarks)
 
 
 def _add_bench_core(benchmarks: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -214,6 +215,20 @@ def _add_server(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help=f"admin listener port, 0 for any (env KEYSEED_ADMIN_PORT; default: {d.admin_port})",
     )
     opt(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM certificate (chain) of the device listener; with --tls-key it serves wss:// "
+        "(env KEYSEED_TLS_CERT)",
+    )
+    opt("--tls-key", metavar="FILE", help="PEM private key of --tls-cert (env KEYSEED_TLS_KEY)")
+    opt(
+        "--admin-tls",
+        action="store_true",
+        default=None,
+        help="serve the admin listener over https:// with the same certificate "
+        "(env KEYSEED_ADMIN_TLS; default: plain http on loopback)",
+    )
+    opt(
         "--suites",
         metavar="LIST",
         help=f"comma-separated PKE suites to enable (env KEYSEED_SUITES; default: "
@@ -248,6 +263,18 @@ def _add_server(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="N",
         help="device connections held at once "
         f"(env KEYSEED_MAX_CONNECTIONS; default: {d.max_connections})",
+    )
+    opt(
+        "--max-pending-per-ip",
+        metavar="N",
+        help="device connections from one address that have not proven a key yet, held at "
+        f"once; 0: no limit (env KEYSEED_MAX_PENDING_PER_IP; default: {d.max_pending_per_ip})",
+    )
+    opt(
+        "--connect-rate-per-ip",
+        metavar="R",
+        help="new device connections per second from one address; 0: no limit "
+        f"(env KEYSEED_CONNECT_RATE_PER_IP; default: {d.connect_rate_per_ip:g})",
     )
     opt(
         "--app",
@@ -291,12 +318,17 @@ def _run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         "port",
         "admin_host",
         "admin_port",
+        "tls_cert",
+        "tls_key",
+        "admin_tls",
         "suites",
         "s27_timeout",
         "handshake_timeout",
         "idle_timeout",
         "confirm_timeout",
         "max_connections",
+        "max_pending_per_ip",
+        "connect_rate_per_ip",
         "app",
         "policy_soft_messages",
         "policy_hard_messages",

@@ -3,8 +3,9 @@
 
 ``keyseed demo``: a server and three microwave ovens on loopback, each a real ``keyseed``
 process (the server with SQLite in a temporary folder, the ovens with their keystores beside
-it), and a narration of every flow of the scheme, driven from the setup PC's side exactly as
-``keyseed admin`` drives it (:mod:`keyseed.console.client`):
+it), two more ovens with pair keys (:mod:`keyseed.demopairs`), and a narration of every flow
+of the scheme, driven from the setup PC's side exactly as ``keyseed admin`` drives it
+(:mod:`keyseed.console.client`):
 
 =========================  ===============================================================
 registration 201/202       the setup PC registers the three ovens, each with its setup code
@@ -15,6 +16,9 @@ rekey by proxy 401-404     the setup PC orders oven-2's rekey through the server
 automatic rekey            oven-3's policy (key age) makes it rekey by itself (S03)
 recipe fetched             a cooking order makes oven-1 fetch the recipe from the server
 cooking status             oven-1 reports "cooking", sealed under its current key
+pair keys 501-506          oven-4 and oven-5 (two device agents in the demo process) are
+                           refused a pair key, then allowed (allow-pair), run the end-to-end
+                           X25519 exchange through the server and talk under the pair key
 =========================  ===============================================================
 
 Every step is checked, not assumed: epochs through the admin API, the audit rows of each
@@ -188,6 +192,7 @@ FLOWS: tuple[tuple[str, str, str], ...] = (
     ("automatic-rekey", "Automatic rekey by policy", "S03"),
     ("recipe", "Recipe fetched", "APP"),
     ("cooking-status", "Cooking status under the current key", "APP"),
+    ("pair-keys", "Two microwaves talking end-to-end", "501-506"),
 )
 
 
@@ -219,6 +224,8 @@ class Demo:
     token_file: Path | None = None
     ovens: dict[str, Oven] = field(default_factory=dict)
     results: list[Result] = field(default_factory=list)
+    #: The pair of ovens of the pair-keys flow (keyseed.demopairs.PairOvens), once started.
+    pair_ovens: Any = None
 
     # -- narration ------------------------------------------------------------------------
 
@@ -640,6 +647,11 @@ class Demo:
         )
         return f"{name} cooking, {app['left_s']} s left, epoch {device_epoch}"
 
+    def flow_pair_keys(self) -> str:
+        from .demopairs import flow_pair_keys  # noqa: PLC0415 - it builds on this module
+
+        return flow_pair_keys(self)
+
     # -- the whole run --------------------------------------------------------------------
 
     def run_flows(self) -> bool:
@@ -706,7 +718,9 @@ class Demo:
             "  keyseed admin cook oven-2 mug-cake\n"
             f"  keyseed admin device-rekey --device-url {o1.endpoint_url} "
             f"--device-token-file {o1.token_file}\n"
-            "  keyseed admin audit --limit 20\n\n"
+            "  keyseed admin audit --limit 20\n"
+            "  keyseed admin pairs\n"
+            "  keyseed admin deny-pair oven-4 oven-5\n\n"
         )
         lines.append(
             f"Logs: {self.root}/*.log   Ctrl-C stops the ovens and the server.", style="dim"
@@ -715,6 +729,8 @@ class Demo:
 
     def stop(self) -> None:
         """Ovens first (each closes its connection normally), then the server."""
+        if self.pair_ovens is not None:
+            self.pair_ovens.stop()
         if self.admin is not None:
             self.admin.close()
         for oven in self.ovens.values():
@@ -755,7 +771,7 @@ def run_demo(
     try:
         console.print(
             Rule(
-                Text(" keyseed demo: a server and three microwave ovens on loopback ", style="bold")
+                Text(" keyseed demo: a server and five microwave ovens on loopback ", style="bold")
             )
         )
         try:
@@ -859,7 +875,9 @@ def add_demo_parser(
         "(keyseed device processes) on loopback, and narrate, with the scheme's message "
         "numbers, every flow: registration 201/202, first enrolment 203-206, confirmation "
         "207-209, rekey at the device 301/302, rekey by proxy 401-404, an automatic rekey by "
-        "policy, a recipe fetched and a cooking status sent under the current key. Each step "
+        "policy, a recipe fetched and a cooking status sent under the current key; then two "
+        "more ovens (device agents in the demo process) obtain an end-to-end pair key "
+        "through the server (501-506) and talk under it. Each step "
         "is checked through the admin API, the audit log and the ovens' setup endpoints. Then "
         "print the dashboard URL and the admin token and run until Ctrl-C. With --once, stop "
         "after the narration: exit 0 only if every flow succeeded.",

@@ -89,7 +89,7 @@ def test_demo_once_runs_every_flow(clean_env: dict[str, str], tmp_path: Path) ->
     for number in ("401", "402", "403", "404"):
         assert re.search(rf"^ +{number} ", text, re.M), number
     assert "recipe" in text.lower() and "cooking" in text
-    assert "every flow succeeded (8 of 8)" in text
+    assert "every flow succeeded (9 of 9)" in text
     # The temporary folder is gone, and so is every process the demo started.
     assert not list(tmp_path.glob("keyseed-demo-*"))
     assert not _descendants(proc.pid)

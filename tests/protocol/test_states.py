@@ -31,6 +31,9 @@ RECEIVES = {
         MsgType.M207,
         MsgType.M403,
         MsgType.APP,
+        MsgType.PAIR_KEY,
+        MsgType.PAIR_DATA,
+        MsgType.PAIR_REFUSED,
     },
     Role.SERVER: {
         MsgType.HELLO,
@@ -42,6 +45,10 @@ RECEIVES = {
         MsgType.M207,
         MsgType.M404,
         MsgType.APP,
+        MsgType.PAIR_REQUEST,
+        MsgType.PAIR_ACK,
+        MsgType.PAIR_DATA,
+        MsgType.PAIR_SYNC,
     },
 }
 

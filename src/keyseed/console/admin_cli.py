@@ -167,6 +167,13 @@ def _policy(policy: Any) -> str:
     )
 
 
+def _profile(profile: Any) -> str:
+    if not isinstance(profile, dict):
+        return "-"
+    tls = "reduced over TLS" if profile.get("tls_reduced") else "full layer over TLS"
+    return f"{profile.get('suite')}, {tls}; {_policy(profile.get('policy'))}"
+
+
 def _app(app: Any) -> str:
     if not isinstance(app, dict) or app.get("state") is None:
         return "-"
@@ -221,6 +228,12 @@ def device_detail(view: dict[str, Any]) -> Table:
     ]
     if view.get("policy_next"):
         rows.append(("next policy", _policy(view.get("policy_next"))))
+    if view.get("suite_in_force") not in (None, view.get("suite")):
+        rows.append(("next 203 suite", view.get("suite_in_force")))
+    if "tls_reduced" in view:
+        rows.append(("tls reduced", _yes(view.get("tls_reduced"))))
+    if "profile" in view:
+        rows.append(("profile", _profile(view.get("profile"))))
     if "app" in view:
         rows.append(("app", _app(view.get("app"))))
     rows.append(("version", view.get("version")))
@@ -272,6 +285,7 @@ def _cmd_register(client: AdminClient, args: argparse.Namespace, out: Output) ->
         suite=args.suite,
         window_s=args.window,
         policy=policy,
+        tls_reduced=args.tls_reduced,
     )
     if out.as_json:
         out.json(view)
@@ -285,6 +299,35 @@ def _cmd_register(client: AdminClient, args: argparse.Namespace, out: Output) ->
             "no setup code: once it has enrolled, compare the SAS it shows and run "
             f"`keyseed admin approve {view.get('device_id')} --sas NNNNNN`"
         )
+    out.console.print(device_detail(view))
+    return ExitCode.OK
+
+
+def _cmd_profile(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
+    limits = {
+        "soft_messages": args.policy_soft_messages,
+        "hard_messages": args.policy_hard_messages,
+        "soft_age_s": args.policy_soft_age_s,
+        "hard_age_s": args.policy_hard_age_s,
+    }
+    policy = None
+    if any(v is not None for v in limits.values()):
+        # Limits not given keep the device's current ones.
+        current = client.device(args.device_id).get("profile", {}).get("policy", {})
+        policy = {k: current.get(k) if v is None else v for k, v in limits.items()}
+    if args.suite is None and policy is None and args.tls_reduced is None:
+        raise UsageError("give --suite, a --policy-* limit, --tls-reduced or --no-tls-reduced")
+    view = client.profile(
+        args.device_id, suite=args.suite, policy=policy, tls_reduced=args.tls_reduced
+    )
+    if out.as_json:
+        out.json(view)
+        return ExitCode.OK
+    out.line(
+        ("profile ", "bold cyan"),
+        f"{view.get('device_id')}: {_profile(view.get('profile'))}; "
+        "sent with the next 206 (run `keyseed admin rekey` to apply it now)",
+    )
     out.console.print(device_detail(view))
     return ExitCode.OK
 
@@ -424,6 +467,64 @@ def _cmd_cook(client: AdminClient, args: argparse.Namespace, out: Output) -> int
     return ExitCode.OK
 
 
+def pair_table(rows: list[dict[str, Any]]) -> Table:
+    """Pairs: policy, state, mode, epoch, roles, who is online. Never key material."""
+    table = Table(header_style="bold", pad_edge=False, box=None)
+    for col in ("pair", "allowed", "state", "mode", "epoch", "initiator", "online", "updated"):
+        table.add_column(col, no_wrap=True)
+    for r in rows:
+        online = [
+            d for d, up in ((r.get("a"), r.get("online_a")), (r.get("b"), r.get("online_b"))) if up
+        ]
+        table.add_row(
+            f"{r.get('a')} <-> {r.get('b')}",
+            _yes(r.get("allowed")),
+            str(r.get("status")),
+            str(r.get("mode") or "-"),
+            str(r.get("epoch")),
+            str(r.get("initiator") or "-"),
+            ", ".join(str(d) for d in online) or "-",
+            _when(r.get("updated_at")),
+        )
+    return table
+
+
+def _cmd_pairs(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
+    rows = client.pairs()
+    if out.as_json:
+        out.json(rows)
+    elif not rows:
+        out.line("no pairs (allow one with `keyseed admin allow-pair A B`)")
+    else:
+        out.console.print(pair_table(rows))
+    return ExitCode.OK
+
+
+def _cmd_allow_pair(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
+    view = client.allow_pair(args.a, args.b)
+    if out.as_json:
+        out.json(view)
+    else:
+        out.line(
+            f"allowed {view.get('a')} <-> {view.get('b')}: either may now ask the server "
+            "for a pair key (relay or end-to-end)"
+        )
+    return ExitCode.OK
+
+
+def _cmd_deny_pair(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
+    view = client.deny_pair(args.a, args.b)
+    if out.as_json:
+        out.json(view)
+    else:
+        closed = view.get("status") == "closed"
+        out.line(
+            f"denied {view.get('a')} <-> {view.get('b')}: "
+            + ("their pair key is closed and both devices told" if closed else "no live pair key")
+        )
+    return ExitCode.OK
+
+
 def _cmd_device_rekey(client: DeviceClient, args: argparse.Namespace, out: Output) -> int:
     result = client.rekey()
     if out.as_json:
@@ -529,7 +630,8 @@ def _server_options() -> argparse.ArgumentParser:
     return common
 
 
-_DESCRIPTION = """The setup PC (103) from the terminal: register devices (201/202), order rekeys
+_DESCRIPTION = """The setup PC (103) from the terminal: register devices (201/202), change their
+profile (suite, rekey policy, TLS reduction; sent in the next 206), order rekeys
 by proxy (401/402) or directly at a device (301/302), confirm arrival (208/209), approve,
 revoke, read the audit log and the server's key fingerprints, and order the microwave to cook.
 The server URL and admin token come from flags, then the environment (KEYSEED_ADMIN_URL,
@@ -593,6 +695,12 @@ def add_admin_parser(
     )
     p.add_argument("--suite", choices=list(SUITES), help="PKE suite (default: hpke-x25519)")
     p.add_argument(
+        "--tls-reduced",
+        action="store_true",
+        help="profile: over wss:// (and if the device agrees) application data travels "
+        "authenticated-only by keyseed, encrypted by TLS",
+    )
+    p.add_argument(
         "--window",
         type=_positive_float,
         metavar="S",
@@ -611,6 +719,41 @@ def add_admin_parser(
             help=f"rekey policy: {what} (any limit given: the others default to keyseed's; "
             "none given: the server's default policy)",
         )
+
+    p = add(
+        "profile",
+        _admin_handler(_cmd_profile),
+        "change a device's profile: suite, rekey policy, TLS setting",
+        "Change a device's profile; what is not given stays. The change reaches the device "
+        "in the 206 of its next exchange (order one with `keyseed admin rekey`); a new suite "
+        "is used from the exchange after that. Policy limits not given keep their values.",
+        server,
+    )
+    device_id(p)
+    p.add_argument("--suite", choices=list(SUITES), help="PKE suite")
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument(
+        "--tls-reduced",
+        dest="tls_reduced",
+        action="store_const",
+        const=True,
+        help="over wss:// (and if the device agrees) application data travels "
+        "authenticated-only by keyseed, encrypted by TLS",
+    )
+    tls.add_argument(
+        "--no-tls-reduced",
+        dest="tls_reduced",
+        action="store_const",
+        const=False,
+        help="the full keyseed layer on every connection (the default)",
+    )
+    for flag, what in (
+        ("soft-messages", "messages under one key before the device rekeys by itself"),
+        ("hard-messages", "messages under one key after which it carries no application data"),
+        ("soft-age-s", "key age in seconds before the device rekeys by itself"),
+        ("hard-age-s", "key age in seconds after which it carries no application data"),
+    ):
+        p.add_argument(f"--policy-{flag}", type=_positive_int, metavar="N", help=what)
 
     add(
         "list",
@@ -724,6 +867,34 @@ def add_admin_parser(
     )
     device_id(p)
     p.add_argument("recipe", metavar="RECIPE", help="a recipe name, e.g. popcorn")
+    for name, handler, help_text, description in (
+        (
+            "allow-pair",
+            _cmd_allow_pair,
+            "let two devices obtain a pair key through the server",
+            "allow-pair: devices A and B (an unordered pair) may ask the server for a key "
+            "shared with each other, relayed or end-to-end (docs/protocol.md section 12). "
+            "Audited on both devices; revoke it with deny-pair.",
+        ),
+        (
+            "deny-pair",
+            _cmd_deny_pair,
+            "revoke allow-pair and close the pair's key",
+            "deny-pair: A and B may no longer obtain a pair key; their live pair key is "
+            "closed at once (both devices are told) and the server relays nothing more.",
+        ),
+    ):
+        p = add(name, _admin_handler(handler), help_text, description, server)
+        p.add_argument("a", metavar="A", help="a device ID")
+        p.add_argument("b", metavar="B", help="the other device ID")
+    add(
+        "pairs",
+        _admin_handler(_cmd_pairs),
+        "every device pair: policy and pair key state",
+        "Every pair the admin named or that asked for a key: allowed, state (offered, "
+        "established, closed), mode, pair epoch, initiator, who is online. Never key material.",
+        server,
+    )
     return admin
 
 

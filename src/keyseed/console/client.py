@@ -501,6 +501,7 @@ class AdminClient(_Http):
         suite: str | None = None,
         window_s: float | None = None,
         policy: Mapping[str, int] | None = None,
+        tls_reduced: bool = False,
     ) -> dict[str, Any]:
         """201/202: register ``device_id`` and open its enrolment window."""
         body: dict[str, Any] = {"device_id": device_id}
@@ -514,6 +515,8 @@ class AdminClient(_Http):
             body["window_s"] = window_s
         if policy is not None:
             body["policy"] = dict(policy)
+        if tls_reduced:
+            body["tls_reduced"] = True
         _path_id(device_id)
         out: dict[str, Any] = self.request(
             "POST", "/v1/admin/devices", ok=(201,), json=body, device_id=device_id
@@ -526,6 +529,24 @@ class AdminClient(_Http):
 
     def device(self, device_id: str) -> dict[str, Any]:
         return self._device_call("GET", device_id, "")
+
+    def profile(
+        self,
+        device_id: str,
+        *,
+        suite: str | None = None,
+        policy: Mapping[str, int] | None = None,
+        tls_reduced: bool | None = None,
+    ) -> dict[str, Any]:
+        """Change the device's profile (what is None stays); sent with its next 206."""
+        body: dict[str, Any] = {}
+        if suite is not None:
+            body["suite"] = suite
+        if policy is not None:
+            body["policy"] = dict(policy)
+        if tls_reduced is not None:
+            body["tls_reduced"] = tls_reduced
+        return self._device_call("PATCH", device_id, "/profile", json=body)
 
     def rekey(self, device_id: str) -> dict[str, Any]:
         """401/402: order a rekey by proxy (403 goes to the device)."""
@@ -566,6 +587,25 @@ class AdminClient(_Http):
     def keys(self) -> list[dict[str, Any]]:
         """The server's long-term public keys and the fingerprints devices pin."""
         out: list[dict[str, Any]] = self.request("GET", "/v1/admin/keys")
+        return out
+
+    def pairs(self) -> list[dict[str, Any]]:
+        """Every pair the admin named or that asked for a key (docs/protocol.md §12)."""
+        out: list[dict[str, Any]] = self.request("GET", "/v1/admin/pairs")
+        return out
+
+    def allow_pair(self, a: str, b: str) -> dict[str, Any]:
+        """allow-pair: ``a`` and ``b`` may obtain a pair key."""
+        out: dict[str, Any] = self.request(
+            "POST", "/v1/admin/pairs/allow", json={"a": _path_id(a), "b": _path_id(b)}
+        )
+        return out
+
+    def deny_pair(self, a: str, b: str) -> dict[str, Any]:
+        """deny-pair: revoke the permission and close the live pair."""
+        out: dict[str, Any] = self.request(
+            "POST", "/v1/admin/pairs/deny", json={"a": _path_id(a), "b": _path_id(b)}
+        )
         return out
 
     def _device_call(

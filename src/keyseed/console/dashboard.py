@@ -53,13 +53,14 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from .. import __version__
 from ..apps.microwave import RecipeService
-from ..server import admin_api
+from ..server import admin_api, pairs_api
 from ..server.admin_api import (
     DEVICE_ID_PATTERN,
     ApiError,
     ApproveRequest,
     CookRequest,
     DeviceView,
+    ProfileRequest,
     RegisterRequest,
 )
 from ..server.apps import app_name
@@ -593,9 +594,28 @@ def dashboard_router(rt: Runtime) -> APIRouter:
     async def revoke(device_id: str) -> Response:
         return await act(admin_api.revoke_device(device_id_of(device_id), rt))
 
+    @api.post("/devices/{device_id}/profile")
+    async def profile(device_id: str, body: ProfileRequest) -> Response:
+        return await act(admin_api.change_profile(device_id_of(device_id), body, rt))
+
     @api.post("/devices/{device_id}/cook")
     async def cook(device_id: str, body: CookRequest) -> Response:
         return await act(admin_api.cook_device(device_id_of(device_id), body, rt), 202)
+
+    # Device pairs (docs/protocol.md section 12): the pair admin API's own route functions.
+
+    @api.get("/pairs")
+    async def pairs() -> Response:
+        views = await pairs_api.list_pairs(rt)
+        return JSONResponse([v.model_dump(mode="json") for v in views])
+
+    @api.post("/pairs/allow")
+    async def allow_pair(body: pairs_api.PairBody) -> Response:
+        return await act(pairs_api.allow_pair(body, rt))
+
+    @api.post("/pairs/deny")
+    async def deny_pair(body: pairs_api.PairBody) -> Response:
+        return await act(pairs_api.deny_pair(body, rt))
 
     router.include_router(api)
     return router

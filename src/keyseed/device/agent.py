@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
+import ssl
 import time
 from collections import deque
 from typing import Any
@@ -57,6 +59,7 @@ from ..protocol.records import Keystore
 from ..protocol.states import DeviceState
 from .config import DeviceAgentConfig
 from .keystore import KeystoreFile
+from .pairs import PairEndpoint
 
 log = logging.getLogger("keyseed.device")
 
@@ -117,6 +120,17 @@ class DeviceAgent:
         self.connections = 0
         # Set whenever something changes (tests and the setup endpoint wait on it).
         self.changed = asyncio.Event()
+        #: Pair keys with other devices (docs/protocol.md section 12), once attach_pairs().
+        self.pairs: PairEndpoint | None = None
+        # TLS context of a wss:// server (verifies its certificate against --ca), else None.
+        self._tls = config.tls_context()
+        if self._tls is not None and config.tls_reduced:
+            # Over verified TLS, and agreed: the core may ask for the TLS reduction.
+            self._pconfig = dataclasses.replace(
+                protocol_config or DeviceConfig(), tls_reduced_ok=True
+            )
+        #: Why the last connection attempt failed, if it did (status; never a secret).
+        self.last_error: str | None = None
 
     # -- public API -----------------------------------------------------------------------
 
@@ -134,6 +148,15 @@ class DeviceAgent:
                     await self._connection()
                 except asyncio.CancelledError:
                     raise
+                except ssl.SSLCertVerificationError as exc:
+                    self.last_error = (
+                        f"server certificate refused: {exc.verify_message or 'does not verify'}"
+                        " (check --ca and the server URL's host name)"
+                    )
+                    log.error("%s", self.last_error)
+                except ssl.SSLError as exc:
+                    self.last_error = f"TLS failed: {exc.reason or type(exc).__name__}"
+                    log.warning("%s", self.last_error)
                 except OSError as exc:
                     log.warning("connection failed: %s", exc.strerror or type(exc).__name__)
                 except Exception as exc:
@@ -174,6 +197,11 @@ class DeviceAgent:
         self._outbox.append(bytes(data))
         self._poke()
 
+    def attach_pairs(self, pairs: PairEndpoint) -> None:
+        """Carry ``pairs``' messages (501-506) on every connection from now on."""
+        self.pairs = pairs
+        pairs.wake = self._poke
+
     def status(self) -> dict[str, Any]:
         """What the setup endpoint reports: never a secret."""
         ks = self.ks
@@ -195,6 +223,9 @@ class DeviceAgent:
             "has_seed": ks.seed is not None,
             "last_exchange": self.last_exchange,
             "server_key_fingerprint": fingerprint(ks.suite, ks.server_key).hex(),
+            "tls": self._tls is not None,
+            "tls_reduced": self._proto is not None and self._proto.tls_reduced,
+            "last_error": self.last_error,
         }
         if self.app is not None:
             out["app"] = self.app.status()
@@ -211,8 +242,10 @@ class DeviceAgent:
             compression=None,
             open_timeout=self.config.connect_timeout,
             close_timeout=2,
+            ssl=self._tls,
         )
         self.connections += 1
+        self.last_error = None
         queue: asyncio.Queue[object] = asyncio.Queue()
         proto = DeviceProtocol(self.ks, now=time.monotonic(), config=self._pconfig)
         self._proto, self._queue = proto, queue
@@ -310,10 +343,14 @@ class DeviceAgent:
                 break
             self._outbox.popleft()
             did = True
+        if self.pairs is not None and self.pairs.flush(proto, now):
+            did = True
         return did
 
     async def _dispatch(self, events: list[Event]) -> None:
         for ev in events:
+            if self.pairs is not None:
+                self.pairs.on_event(ev)  # pair messages (5xx) only; the rest it ignores
             if isinstance(ev, HandshakeComplete):
                 log.info("< HELLO_ACK epoch=%d authenticated=%s", ev.epoch, ev.authenticated)
                 if ev.authenticated:
@@ -350,6 +387,8 @@ class DeviceAgent:
             self._failures = 0
             if self.app is not None:
                 self.app.on_connected()
+            if self.pairs is not None:
+                self.pairs.on_open()
 
     def _poke(self) -> None:
         if self._queue is not None:

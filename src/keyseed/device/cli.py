@@ -87,6 +87,19 @@ def add_device_parser(
         f"(env {env}SERVER)",
     )
     p.add_argument(
+        "--ca",
+        metavar="FILE",
+        help=f"PEM file of the CA that issued the server's TLS certificate (wss:// only; "
+        f"default: the system's trust store) (env {env}CA)",
+    )
+    p.add_argument(
+        "--tls-reduced",
+        action="store_true",
+        default=None,
+        help="over wss://, agree to the TLS reduction when the device's profile allows it "
+        f"(application data authenticated by keyseed, encrypted by TLS) (env {env}TLS_REDUCED)",
+    )
+    p.add_argument(
         "--keystore",
         metavar="PATH",
         help=f"keystore file, created 0600 on the first start; the local token is "
@@ -181,6 +194,8 @@ _FLAG_FIELDS = (
     "id",
     "server",
     "keystore",
+    "ca",
+    "tls_reduced",
     "pin",
     "server_key",
     "suite",
@@ -240,7 +255,9 @@ async def resolve_server_key(cfg: DeviceAgentConfig) -> bytes:
         )
     url = keys_url(cfg.server)
     try:
-        async with httpx.AsyncClient(timeout=cfg.connect_timeout) as client:
+        async with httpx.AsyncClient(
+            timeout=cfg.connect_timeout, verify=cfg.tls_context() or True
+        ) as client:
             resp = await client.get(url)
     except httpx.HTTPError as exc:
         raise ServerKeyError(
@@ -268,6 +285,11 @@ def check_pinned(cfg: DeviceAgentConfig, ks: Keystore) -> None:
     Raises:
         ServerKeyError: they differ (the keystore is left as it is).
     """
+    if ks.pinned_fp is not None:
+        # A 206 (the profile) moved the device to another suite and its long-term key; the
+        # install-time settings still name the key pinned at install, kept by fingerprint.
+        _check_moved(cfg, ks, ks.pinned_fp)
+        return
     if (
         cfg.suite != ks.suite
         and cfg.suite != DeviceAgentConfig.__dataclass_fields__["suite"].default
@@ -281,6 +303,24 @@ def check_pinned(cfg: DeviceAgentConfig, ks: Keystore) -> None:
             "another server only with a new keystore"
         )
     _check_pin(ks.suite, ks.server_key, cfg.pin)
+
+
+def _check_moved(cfg: DeviceAgentConfig, ks: Keystore, install_fp: bytes) -> None:
+    if cfg.server_key is not None:
+        got = fingerprint(cfg.suite, bytes.fromhex(cfg.server_key))
+        if not hmac.compare_digest(got, install_fp):
+            raise ServerKeyError(
+                "--server-key differs from the key pinned at install; a device moves to "
+                "another server only with a new keystore"
+            )
+    if cfg.pin is not None:
+        pin = bytes.fromhex(cfg.pin)
+        current = fingerprint(ks.suite, ks.server_key)
+        if not (hmac.compare_digest(pin, install_fp) or hmac.compare_digest(pin, current)):
+            raise ServerKeyError(
+                f"--pin {cfg.pin} is neither the key pinned at install nor the {ks.suite} key "
+                "the server moved this device to; refusing to start"
+            )
 
 
 async def open_keystore(cfg: DeviceAgentConfig, store: KeystoreFile) -> tuple[Keystore, bool]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,18 @@ class DeviceAgentConfig:
     keystore: Path
     """Keystore file. Created on the first start (0600, its folder 0700); the local token
     (``<keystore>.token``) and lock (``<keystore>.lock``) live beside it."""
+
+    ca: Path | None = None
+    """PEM file of the certificate authorities that vouch for the server's TLS certificate
+    (``wss://`` only). Without it a ``wss://`` server is verified against the system's trust
+    store. Either way the host name is checked, and a certificate that does not verify
+    refuses the connection."""
+
+    tls_reduced: bool = False
+    """Agree to the TLS reduction when the device's profile (sent by the server in 206) allows
+    it and the connection is ``wss://``: application data then travels authenticated-only by
+    keyseed, encrypted by TLS. The handshake, every rekey and every other message keep the
+    full keyseed layer (docs/protocol.md, "Profiles")."""
 
     pin: str | None = None
     """Hex SHA-256 fingerprint of the server's long-term key, given out of band. At the first
@@ -97,6 +110,14 @@ class DeviceAgentConfig:
         """The device channel URL in force."""
         return device_url(self.server)
 
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The client TLS context for a ``wss://`` server (None for ``ws://``).
+
+        Raises:
+            ConfigError: the CA file cannot be read or holds no certificate.
+        """
+        return tls_context(self.server, self.ca)
+
     @property
     def listen_addr(self) -> tuple[str, int] | None:
         return None if self.listen is None else split_hostport(self.listen)
@@ -118,6 +139,25 @@ def device_url(server: str) -> str:
         raise ConfigError("server URL must not carry credentials, a query or a fragment")
     path = parts.path if parts.path not in ("", "/") else "/v1/device"
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def tls_context(server: str, ca: Path | None) -> ssl.SSLContext | None:
+    """A verifying client context (certificate and host name) for a ``wss://`` URL, trusting
+    ``ca`` if given, else the system's trust store; None for ``ws://``.
+
+    Raises:
+        ConfigError: ``ca`` cannot be loaded.
+    """
+    if urlsplit(server).scheme != "wss":
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=None if ca is None else str(ca))
+    except FileNotFoundError:
+        raise ConfigError(f"CA file not found: {ca}") from None
+    except (ssl.SSLError, OSError):
+        raise ConfigError(f"CA file {ca} holds no usable PEM certificate") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 def keys_url(server: str) -> str:
@@ -153,7 +193,7 @@ def split_hostport(text: str) -> tuple[str, int]:
 
 def _convert(name: str, value: Any) -> Any:
     try:
-        if name in ("keystore", "config"):
+        if name in ("keystore", "config", "ca"):
             return Path(value)
         if name == "id":
             if not isinstance(value, str) or not DEVICE_ID_RE.fullmatch(value):
@@ -181,7 +221,7 @@ def _convert(name: str, value: Any) -> Any:
         if name == "listen":
             split_hostport(str(value))
             return str(value)
-        if name == "rekey_on_start":
+        if name in ("rekey_on_start", "tls_reduced"):
             if isinstance(value, bool):
                 return value
             text = str(value).strip().lower()
@@ -241,6 +281,9 @@ def load_device_config(
     )
     if cfg.backoff_max < cfg.backoff_initial:
         raise ConfigError("backoff-max is shorter than backoff-initial")
+    if cfg.ca is not None and urlsplit(cfg.server).scheme != "wss":
+        raise ConfigError("ca is for a wss:// server; the server URL is ws://")
+    cfg.tls_context()  # a CA file that does not load is a configuration error now
     return cfg
 
 
@@ -252,4 +295,5 @@ __all__ = [
     "keys_url",
     "load_device_config",
     "split_hostport",
+    "tls_context",
 ]

@@ -127,12 +127,16 @@ def setup_app(
     async def not_found(request: Request, exc: Exception) -> Response:
         return _json(404, {"error": "not_found", "detail": "no such route"})
 
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        allow = getattr(exc, "headers", None)  # Starlette's Allow header
+        return _json(405, {"error": "method_not_allowed", "detail": "not with this method"}, allow)
+
     app = Starlette(
         routes=[
             Route("/v1/rekey", rekey, methods=["POST"]),
             Route("/v1/status", status, methods=["GET"]),
         ],
-        exception_handlers={404: not_found},
+        exception_handlers={404: not_found, 405: not_allowed},
     )
     return _Guard(app, token, host, port)
 

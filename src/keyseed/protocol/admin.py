@@ -42,6 +42,7 @@ def register(
     entropy: Entropy,
     policy: RekeyPolicy = DEFAULT_POLICY,
     allow_no_code: bool = False,
+    tls_reduced: bool = False,
 ) -> DeviceRecord:
     """201: register a device (or re-register it) and open its enrolment window.
 
@@ -69,9 +70,13 @@ def register(
         code_required=setup_code is not None,
     )
     if existing is None:
-        return DeviceRecord(device_id=device_id, suite=suite, policy=policy, window=window)
+        return DeviceRecord(
+            device_id=device_id, suite=suite, policy=policy, window=window, tls_reduced=tls_reduced
+        )
     return existing.with_(
         suite=suite,
+        next_suite=None,
+        tls_reduced=tls_reduced,
         policy=policy,
         revoked=False,
         confirmed=False,

@@ -34,6 +34,8 @@ from .events import (
     PeerConfirmed,
 )
 from .messages import (
+    PAIR_TO_DEVICE,
+    PAIR_TO_SERVER,
     PLAIN_ONLY,
     SEALED_ONLY,
     App,
@@ -45,6 +47,7 @@ from .messages import (
     decode_body,
     decode_frame,
 )
+from .pair import PairMessageReceived
 from .states import Role, State, allowed
 
 #: Most 207 pings a side keeps outstanding.
@@ -149,6 +152,24 @@ class Protocol:
         self._check_app_allowed(now, outgoing=True)
         self._send_sealed(App(data=data))
 
+    def send_pair(self, msg: Message, now: float) -> None:
+        """Send a pair message (5xx, :mod:`keyseed.protocol.pair`) sealed under the current
+        key, under the rules of application data.
+
+        Raises:
+            LocalProtocolError: not a pair message this role sends, or the connection is not
+                open.
+            KeyExpired: the key is past its hard limit (rekey first).
+        """
+        ours = PAIR_TO_DEVICE if self.role is Role.SERVER else PAIR_TO_SERVER
+        if msg.TYPE not in ours:
+            raise LocalProtocolError(f"{msg.TYPE.value} is not a pair message this side sends")
+        self._require_sealed()
+        self._check_app_allowed(now, outgoing=True)
+        self._send_sealed(msg)
+        if msg.TYPE is MsgType.PAIR_DATA:
+            self._count_app(now)
+
     def close(self, code: ErrorCode = ErrorCode.NORMAL) -> None:
         """Close the connection, telling the peer ``code``."""
         if self.state.name != "CLOSED":
@@ -181,6 +202,12 @@ class Protocol:
         """Whether the driver should close the transport once the messages are sent."""
         return self._close_expected
 
+    @property
+    def tls_reduced(self) -> bool:
+        """Whether this connection's handshake reduced it for TLS: application data travels
+        authenticated-only, TLS encrypts it (docs/protocol.md, "Profiles")."""
+        return self._channel is not None and self._channel.auth_only_app
+
     # -- private methods -------------------------------------------------------------
 
     def _receive(self, data: bytes, now: float) -> None:
@@ -211,6 +238,16 @@ class Protocol:
             assert self.device_id is not None
             self._events.append(
                 AppDataReceived(device_id=self.device_id, epoch=self._epoch, data=msg.data)
+            )
+        elif msg.TYPE in PAIR_TO_SERVER or msg.TYPE in PAIR_TO_DEVICE:
+            # Pair messages (5xx) belong to the pair layer (keyseed.protocol.pair), under the
+            # rules of application data; the table has already checked their direction.
+            self._check_app_allowed(now, outgoing=False)
+            if msg.TYPE is MsgType.PAIR_DATA:
+                self._count_app(now)
+            assert self.device_id is not None
+            self._events.append(
+                PairMessageReceived(device_id=self.device_id, epoch=self._epoch, message=msg)
             )
         else:
             self._dispatch(msg, sealed_epoch, data, now, targets)

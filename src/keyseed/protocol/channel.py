@@ -14,6 +14,10 @@ The sealed record layer of one connection (DESIGN.md section 3, "channel"; REVIE
 * A key update is applied on send when installed; on receive the peer's first frame under a
   newer epoch retires every older receive key, like QUIC's key phase.
 * A traffic key seals at most ``max_records`` frames; then the connection must re-handshake.
+* On a connection the handshake reduced for TLS (docs/protocol.md, "Profiles"), APP frames
+  travel authenticated-only: ``body || tag``, the tag the same AEAD over an empty plaintext
+  with ``AAD = lp("keyseed/1 aad-tls", ...) || body``. Same keys, nonces, sequence numbers and
+  replay rules; every other message stays encrypted.
 """
 
 from __future__ import annotations
@@ -42,11 +46,15 @@ from .messages import (
 )
 
 L_AAD = "keyseed/1 aad"
+#: AAD label of authenticated-only APP frames (a frame sealed one way never opens the other).
+L_AAD_TLS = "keyseed/1 aad-tls"
+#: AEAD tag length (both ciphers).
+TAG_LEN = 16
 
 
-def aad_prefix(device_id: str, direction: str) -> bytes:
+def aad_prefix(device_id: str, direction: str, label: str = L_AAD) -> bytes:
     """The part of the AAD that is constant for one direction of one connection."""
-    return lp(L_AAD, VERSION, device_id, direction)
+    return lp(label, VERSION, device_id, direction)
 
 
 def aad(device_id: str, direction: str, mtype: MsgType, epoch: int, seq: int) -> bytes:
@@ -91,6 +99,11 @@ class Channel:
         self._recv: dict[int, _Direction] = {}
         # The traffic PRK of the key installed last, shared by its two directions.
         self._prk: tuple[SharedKey, HmacKey] | None = None
+        #: APP frames travel authenticated-only (the handshake reduced this connection for
+        #: TLS); set by the protocol once the handshake that agreed on it has completed.
+        self.auth_only_app = False
+        self._aad_tls_out = aad_prefix(device_id, self._out_dir, L_AAD_TLS)
+        self._aad_tls_in = aad_prefix(device_id, self._in_dir, L_AAD_TLS)
 
     def _make(self, key: SharedKey, epoch: int, direction: str) -> _Direction:
         if self._prk is None or self._prk[0] is not key:
@@ -136,11 +149,16 @@ class Channel:
         if d.seq >= self._max:
             raise Rehandshake("traffic key usage limit reached")
         seq = d.seq
-        ct = d.aead.seal(
-            make_nonce(d.iv, seq),
-            encode_body(msg) if body is None else body,
-            self._aad_out + lp_u64x3(int(msg.TYPE), d.epoch, seq),
-        )
+        plain = encode_body(msg) if body is None else body
+        if self.auth_only_app and msg.TYPE is MsgType.APP:
+            # Reduced for TLS: the body in clear (TLS encrypts it), authenticated here.
+            header = lp_u64x3(int(msg.TYPE), d.epoch, seq)
+            tag = d.aead.seal(make_nonce(d.iv, seq), b"", self._aad_tls_out + header + plain)
+            ct = plain + tag
+        else:
+            ct = d.aead.seal(
+                make_nonce(d.iv, seq), plain, self._aad_out + lp_u64x3(int(msg.TYPE), d.epoch, seq)
+            )
         d.seq += 1
         return encode_sealed(msg.TYPE, d.epoch, seq, ct)
 
@@ -164,12 +182,19 @@ class Channel:
             raise BadSequence("replayed, reordered or missing frame")
         if frame.seq >= self._max:
             raise Rehandshake("traffic key usage limit reached")
+        header = lp_u64x3(int(frame.type), frame.epoch, frame.seq)
         try:
-            plaintext = d.aead.open(
-                make_nonce(d.iv, frame.seq),
-                frame.ciphertext,
-                self._aad_in + lp_u64x3(int(frame.type), frame.epoch, frame.seq),
-            )
+            if self.auth_only_app and frame.type is MsgType.APP:
+                plaintext = frame.ciphertext[:-TAG_LEN]
+                tag = frame.ciphertext[-TAG_LEN:]
+                if len(frame.ciphertext) < TAG_LEN or d.aead.open(
+                    make_nonce(d.iv, frame.seq), tag, self._aad_tls_in + header + plaintext
+                ):
+                    raise DecryptError()
+            else:
+                plaintext = d.aead.open(
+                    make_nonce(d.iv, frame.seq), frame.ciphertext, self._aad_in + header
+                )
         except DecryptError:
             raise AuthenticationFailed("sealed frame does not authenticate") from None
         d.seq += 1

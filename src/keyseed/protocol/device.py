@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..crypto import ct_equal, fingerprint, get_suite, sha256
+from ..crypto.errors import UnsupportedSuite
 from ..crypto.schedule import (
     L_204_OK,
     L_FIN,
@@ -102,6 +103,9 @@ class DeviceConfig:
     cipher: str = "chacha20-poly1305"
     #: Seconds between persists of the key age while connected (a crash loses at most this).
     age_persist_interval: float = 300.0
+    #: The connection runs over TLS that verified the server (wss://), and this device
+    #: agrees to the TLS reduction when its profile allows it (docs/protocol.md, "Profiles").
+    tls_reduced_ok: bool = False
 
 
 class DeviceProtocol(Protocol):
@@ -121,7 +125,7 @@ class DeviceProtocol(Protocol):
         super().__init__(state=DeviceState.AWAIT_HELLO_ACK, entropy=entropy)
         self.config = config or DeviceConfig()
         self.device_id = keystore.device_id
-        # The suite is fixed by the keystore; nothing received ever changes it.
+        # The suite is the keystore's; only a sealed 206 (the profile) ever changes it.
         self._suite = get_suite(keystore.suite)
         self._server_key = self._suite.load_public(keystore.server_key)
         self._server_fp = fingerprint(keystore.suite, keystore.server_key)
@@ -171,6 +175,7 @@ class DeviceProtocol(Protocol):
             if ks.pending is None or ks.key is None
             else self._proof(ks.pending.key),
             candidates=tuple(c.key.key_id for c in ks.candidates) if ks.key is None else None,
+            tls_reduced=True if self._asks_reduced() else None,
         )
         self._hello = self._send_plain(hello)
         self._timers["handshake"] = now + self.config.handshake_timeout
@@ -225,6 +230,8 @@ class DeviceProtocol(Protocol):
         self._ns = msg.ns
         self._server_epoch = msg.epoch
         del self._timers["handshake"]
+        if msg.tls_reduced and not self._asks_reduced():
+            raise UnexpectedMessage("HELLO_ACK grants a TLS reduction not asked for")
         if msg.key_id is None:
             # Unauthenticated: the server holds no key we named. Only a keyless device may
             # go on, and only to enrol; a keyed device takes it as a hint and reconnects.
@@ -280,6 +287,8 @@ class DeviceProtocol(Protocol):
             self._persist(now)
         self._send_plain(Fin(mac=key.mac(L_FIN, sha256(self._hello), sha256(raw))))
         self._channel = self._new_channel()
+        # The server checks FIN over HELLO and HELLO_ACK: both sides agree on the reduction.
+        self._channel.auth_only_app = msg.tls_reduced is True
         self._channel.install_send(key, epoch)
         self._channel.install_recv(key, epoch)
         self._epoch = epoch
@@ -293,6 +302,12 @@ class DeviceProtocol(Protocol):
             self._send_sealed(SeedRequest(epoch=epoch))
         self._arm_rekey_timer(now)
         self._step_s03(now)
+
+    def _asks_reduced(self) -> bool:
+        """Ask for the TLS reduction: over verified TLS, agreed locally, allowed by the
+        profile of the last 206, and only under a key (never to enrol)."""
+        ks = self._ks
+        return self.config.tls_reduced_ok and ks.tls_reduced and ks.key is not None
 
     def _match_key(self, key_id: bytes) -> tuple[SharedKey | None, int, bool]:
         ks = self._ks
@@ -433,11 +448,15 @@ class DeviceProtocol(Protocol):
             raise AuthenticationFailed("206 epoch differs from its key's")
         ks = self._ks
         policy = RekeyPolicy.from_msg(msg.policy)
-        if self._suite.one_time_keys:
+        # The profile: a suite change (with the long-term key of the new suite), checked
+        # before anything is stored; the one-time key is a key of the suite in force next.
+        profile = self._step_s10_profile(msg)
+        suite = get_suite(profile.get("suite", ks.suite))
+        if suite.one_time_keys:
             if msg.otk is None:
                 raise MalformedMessage("206 without a one-time key")
             try:
-                self._suite.load_public(msg.otk)
+                suite.load_public(msg.otk)
             except ValueError:
                 raise MalformedMessage("206 one-time key is not a key of our suite") from None
         elif msg.otk is not None:
@@ -465,7 +484,9 @@ class DeviceProtocol(Protocol):
                 messages=0,
                 rekey_requested=False,
                 pool=pool_absorb(ks.pool, msg.r0),
+                **profile,
             )
+            self._use_suite(self._ks)
             ks = self._ks
             self._exchange = None
             self._epoch = exchange.epoch
@@ -483,9 +504,12 @@ class DeviceProtocol(Protocol):
             self._set_state(DeviceState.OPEN, targets)
         elif msg.epoch == ks.epoch and ks.key is not None:
             # Rule 4: a redelivery for the epoch we use. Store the seed, acknowledge again.
-            if ks.seed != seed or ks.policy != policy:
-                self._ks = ks.with_(seed=seed, policy=policy, pool=pool_absorb(ks.pool, msg.r0))
+            if ks.seed != seed or ks.policy != policy or profile:
+                self._ks = ks.with_(
+                    seed=seed, policy=policy, pool=pool_absorb(ks.pool, msg.r0), **profile
+                )
                 self._persist(now)
+                self._use_suite(self._ks)
         else:
             raise UnexpectedMessage("206 for an epoch we are not at")
         self._send_sealed(Ack206(epoch=msg.epoch, seed_id=msg.seed_id))
@@ -494,6 +518,43 @@ class DeviceProtocol(Protocol):
         )
         self._arm_rekey_timer(now)
         self._step_s03(now)
+
+    def _step_s10_profile(self, msg: Msg206) -> dict[str, Any]:
+        """The keystore changes a 206's profile asks for (empty: none).
+
+        A new suite comes with the server's long-term key of that suite; both arrive sealed
+        under the key the device shares with the server alone, so they carry the server's
+        word, like the one-time key beside them. The key pinned at install is remembered by
+        its fingerprint.
+
+        Raises:
+            MalformedMessage: this device's backend lacks the suite, or the server key is
+                not a key of it.
+        """
+        ks = self._ks
+        out: dict[str, Any] = {}
+        if (msg.tls_reduced is True) != ks.tls_reduced:
+            out["tls_reduced"] = msg.tls_reduced is True
+        if msg.suite is None or msg.suite == ks.suite:
+            return out
+        assert msg.server_key is not None
+        try:
+            get_suite(msg.suite).load_public(msg.server_key)
+        except UnsupportedSuite:
+            raise MalformedMessage("206 names a suite this device lacks") from None
+        except ValueError:
+            raise MalformedMessage("206 server key is not a key of its suite") from None
+        out.update(suite=msg.suite, server_key=msg.server_key)
+        if ks.pinned_fp is None:
+            out["pinned_fp"] = fingerprint(ks.suite, ks.server_key)
+        return out
+
+    def _use_suite(self, ks: Keystore) -> None:
+        """Encrypt the next 203 in the keystore's suite (a 206 may just have changed it)."""
+        if ks.suite != self._suite.name or ks.server_key != self._server_key.raw:
+            self._suite = get_suite(ks.suite)
+            self._server_key = self._suite.load_public(ks.server_key)
+            self._server_fp = fingerprint(ks.suite, ks.server_key)
 
     def _handle_403(self, msg: Msg403, now: float, targets: tuple[State, ...]) -> None:
         """Fig. 4: a rekey order by proxy. Ignored if it supersedes an epoch we are past."""

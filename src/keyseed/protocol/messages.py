@@ -91,6 +91,18 @@ class MsgType(enum.IntEnum):
     M403 = 403
     #: Device -> server: order accepted, sealed.
     M404 = 404
+    #: Device -> server: a pair key with a peer (relay or end-to-end), or the next epoch of one.
+    PAIR_REQUEST = 501
+    #: Server -> device: a pair epoch, with its material (relay) or vouched X25519 halves (e2e).
+    PAIR_KEY = 502
+    #: Device -> server: a 502 was taken; in the end-to-end mode the responder's half.
+    PAIR_ACK = 503
+    #: Either way: application data sealed under the pair key, relayed by the server.
+    PAIR_DATA = 504
+    #: Server -> device: a pair request refused, a pair closed, or a 504 not delivered.
+    PAIR_REFUSED = 505
+    #: Device -> server: the pairs it holds, once per connection (owed 502s, dead pairs).
+    PAIR_SYNC = 506
 
 
 # -- field specifications --------------------------------------------------------------
@@ -328,6 +340,7 @@ class Hello(Message):
         "pend_id": Opt(KEY_ID),
         "pend_proof": Opt(MAC),
         "candidates": Opt(ListOf(KEY_ID, MAX_CANDIDATES)),
+        "tls_reduced": Opt(Bool()),
     }
     device_id: str
     suite: str
@@ -337,6 +350,8 @@ class Hello(Message):
     pend_id: bytes | None = None
     pend_proof: bytes | None = None
     candidates: tuple[bytes, ...] | None = None
+    #: Profiles: the device asks for the TLS reduction on this connection (only when true).
+    tls_reduced: bool | None = None
 
     def _validate(self) -> None:
         if (self.cur_id is None) != (self.cur_proof is None) or (self.pend_id is None) != (
@@ -347,6 +362,8 @@ class Hello(Message):
             raise MalformedMessage("100: a pending key without a current key")
         if self.cur_id is not None and self.candidates:
             raise MalformedMessage("100: candidates are for keyless devices only")
+        if self.tls_reduced is False:
+            raise MalformedMessage("100: tls_reduced is sent only when true")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -360,15 +377,21 @@ class HelloAck(Message):
         "epoch": EPOCH,
         "key_id": Opt(KEY_ID),
         "mac": Opt(MAC),
+        "tls_reduced": Opt(Bool()),
     }
     ns: bytes
     epoch: int
     key_id: bytes | None = None
     mac: bytes | None = None
+    #: Profiles: the server grants the TLS reduction on this connection (only when true; the
+    #: FIN MAC covers it).
+    tls_reduced: bool | None = None
 
     def _validate(self) -> None:
         if (self.key_id is None) != (self.mac is None):
             raise MalformedMessage("101: a key id needs its MAC")
+        if self.tls_reduced is not None and (self.tls_reduced is False or self.key_id is None):
+            raise MalformedMessage("101: tls_reduced is sent only when true, and only keyed")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -508,7 +531,11 @@ class _PolicySpec(Spec):
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class Msg206(Message):
     """S29: the next seed, its id, the one-time server key for the next 203 (absent for
-    rsa-oaep, which has none), and the rekey policy. Sealed under the new key."""
+    rsa-oaep, which has none), and the rekey policy. Sealed under the new key.
+
+    The rest of the device's profile (docs/protocol.md, "Profiles"): ``suite`` and
+    ``server_key`` (the server's long-term key of that suite) only when the next 203 moves
+    to another suite than the one that made this key; ``tls_reduced`` only when true."""
 
     TYPE = MsgType.M206
     SPEC: ClassVar[dict[str, Spec]] = {
@@ -517,12 +544,24 @@ class Msg206(Message):
         "seed_id": SEED_ID,
         "otk": Opt(Bytes(max_len=1600)),
         "policy": _PolicySpec(),
+        "suite": Opt(SUITE_NAME),
+        "server_key": Opt(Bytes(max_len=1600)),
+        "tls_reduced": Opt(Bool()),
     }
     epoch: int
     r0: bytes
     seed_id: bytes
     otk: bytes | None
     policy: Policy
+    suite: str | None = None
+    server_key: bytes | None = None
+    tls_reduced: bool | None = None
+
+    def _validate(self) -> None:
+        if (self.suite is None) != (self.server_key is None):
+            raise MalformedMessage("206: a new suite comes with its server key")
+        if self.tls_reduced is False:
+            raise MalformedMessage("206: tls_reduced is sent only when true")
 
     def body(self) -> dict[str, Any]:
         out = Message.body(self)
@@ -611,6 +650,145 @@ class Msg404(Message):
     epoch: int
 
 
+# -- pair keys (5xx; docs/protocol.md, "Pair keys"; logic in keyseed.protocol.pair) -------
+
+PAIR_MODE = Text(re.compile(r"relay|e2e"))
+PAIR_ID = Bytes(16)
+X25519_PUB = Bytes(32)
+#: Most pairs one device names in a 506.
+MAX_PAIRS = 64
+#: Largest pair ciphertext: MAX_APP_DATA of plaintext and the AEAD tag.
+MAX_PAIR_CT = MAX_APP_DATA + 16
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class PairRequest(Message):
+    """501: a pair key with ``peer``. ``e`` is the initiator's ephemeral X25519 half (e2e mode
+    only); ``pair_id`` names the live pair whose next epoch is asked for (chained renewal)."""
+
+    TYPE = MsgType.PAIR_REQUEST
+    SPEC: ClassVar[dict[str, Spec]] = {
+        "peer": DEVICE_ID,
+        "mode": PAIR_MODE,
+        "e": Opt(X25519_PUB),
+        "pair_id": Opt(PAIR_ID),
+    }
+    peer: str
+    mode: str
+    e: bytes | None = None
+    pair_id: bytes | None = None
+
+    def _validate(self) -> None:
+        if (self.e is not None) != (self.mode == "e2e"):
+            raise MalformedMessage("501: an X25519 half in e2e mode, and only there")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class PairKey(Message):
+    """502: the server's statement of one pair epoch, sealed on the receiving device's leg.
+    Relay mode: the key material and the seed of the next epoch. E2e mode: the initiator's
+    half (to the responder), or both halves (to the initiator)."""
+
+    TYPE = MsgType.PAIR_KEY
+    SPEC: ClassVar[dict[str, Spec]] = {
+        "pair_id": PAIR_ID,
+        "epoch": EPOCH,
+        "mode": PAIR_MODE,
+        "initiator": DEVICE_ID,
+        "responder": DEVICE_ID,
+        "chained": Bool(),
+        "material": Opt(Bytes(32)),
+        "seed": Opt(Bytes(32)),
+        "e_i": Opt(X25519_PUB),
+        "e_r": Opt(X25519_PUB),
+    }
+    pair_id: bytes
+    epoch: int
+    mode: str
+    initiator: str
+    responder: str
+    chained: bool
+    material: bytes | None = None
+    seed: bytes | None = None
+    e_i: bytes | None = None
+    e_r: bytes | None = None
+
+    def _validate(self) -> None:
+        if self.initiator == self.responder:
+            raise MalformedMessage("502: a device does not pair with itself")
+        relay = self.mode == "relay"
+        if relay != (self.material is not None) or relay != (self.seed is not None):
+            raise MalformedMessage("502: material and seed in relay mode, and only there")
+        if relay == (self.e_i is not None) or (relay and self.e_r is not None):
+            raise MalformedMessage("502: X25519 halves in e2e mode, and only there")
+        if self.epoch == 0:
+            raise MalformedMessage("502: pair epochs start at 1")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class PairAck(Message):
+    """503: the 502 of ``epoch`` was taken; ``e`` is the responder's half in e2e mode."""
+
+    TYPE = MsgType.PAIR_ACK
+    SPEC: ClassVar[dict[str, Spec]] = {"pair_id": PAIR_ID, "epoch": EPOCH, "e": Opt(X25519_PUB)}
+    pair_id: bytes
+    epoch: int
+    e: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class PairData(Message):
+    """504: one application message sealed under the pair key of ``epoch``, its own ``seq``."""
+
+    TYPE = MsgType.PAIR_DATA
+    SPEC: ClassVar[dict[str, Spec]] = {
+        "pair_id": PAIR_ID,
+        "epoch": EPOCH,
+        "seq": Uint(),
+        "ct": Bytes(max_len=MAX_PAIR_CT),
+    }
+    pair_id: bytes
+    epoch: int
+    seq: int
+    ct: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class PairRefused(Message):
+    """505: ``cause`` (:class:`keyseed.protocol.pair.PairCause`) about the pair with ``peer``
+    or the pair ``pair_id`` (at least one of them)."""
+
+    TYPE = MsgType.PAIR_REFUSED
+    SPEC: ClassVar[dict[str, Spec]] = {
+        "peer": Opt(DEVICE_ID),
+        "pair_id": Opt(PAIR_ID),
+        "cause": Uint(255),
+    }
+    cause: int
+    peer: str | None = None
+    pair_id: bytes | None = None
+
+    def _validate(self) -> None:
+        if self.peer is None and self.pair_id is None:
+            raise MalformedMessage("505: names a peer or a pair")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class PairSync(Message):
+    """506: the pair IDs the device holds keys for."""
+
+    TYPE = MsgType.PAIR_SYNC
+    SPEC: ClassVar[dict[str, Spec]] = {"held": ListOf(PAIR_ID, MAX_PAIRS)}
+    held: tuple[bytes, ...]
+
+
+#: Pair messages by direction (the state table admits them on open connections).
+PAIR_TO_SERVER = frozenset(
+    {MsgType.PAIR_REQUEST, MsgType.PAIR_ACK, MsgType.PAIR_DATA, MsgType.PAIR_SYNC}
+)
+PAIR_TO_DEVICE = frozenset({MsgType.PAIR_KEY, MsgType.PAIR_DATA, MsgType.PAIR_REFUSED})
+
+
 #: Message class by type. ``Policy`` shares 206's number but is not a frame.
 MESSAGES: dict[MsgType, type[Message]] = {
     cls.TYPE: cls
@@ -637,6 +815,12 @@ MESSAGES: dict[MsgType, type[Message]] = {
         Msg402,
         Msg403,
         Msg404,
+        PairRequest,
+        PairKey,
+        PairAck,
+        PairData,
+        PairRefused,
+        PairSync,
     )
 }
 
@@ -651,6 +835,8 @@ SEALED_ONLY = frozenset(
         MsgType.M207,
         MsgType.M403,
         MsgType.M404,
+        *PAIR_TO_SERVER,
+        *PAIR_TO_DEVICE,
     }
 )
 #: Messages that travel only plain: the handshake, CLOSE (a hint), and 204 (an OK is a MAC

@@ -197,6 +197,12 @@ class Keystore(_Redacted):
     candidates: tuple[PendingKey, ...] = ()
     #: A rekey ordered (301 or 403) and not yet started; survives a restart.
     rekey_requested: bool = False
+    #: Profile: the server allows application data authenticated-only over TLS (from 206).
+    tls_reduced: bool = False
+    #: Fingerprint of the long-term key pinned at install, kept once a 206 moved the device
+    #: to another suite (``server_key`` is then that suite's key): a restart with the
+    #: install-time settings still matches it.
+    pinned_fp: bytes | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -218,6 +224,9 @@ class Keystore(_Redacted):
             "pending": None if self.pending is None else _pending_to(self.pending),
             "candidates": [_pending_to(c) for c in self.candidates],
             "rekey_requested": self.rekey_requested,
+            # Absent when off or unset, so keystores written before profiles read the same.
+            "tls_reduced": True if self.tls_reduced else None,
+            "pinned_fp": self.pinned_fp,
         }
 
     @classmethod
@@ -242,6 +251,8 @@ class Keystore(_Redacted):
                 pending=None if d["pending"] is None else _pending_from(d["pending"]),
                 candidates=tuple(_pending_from(c) for c in d["candidates"]),
                 rekey_requested=d["rekey_requested"],
+                tls_reduced=_flag_from(d.get("tls_reduced")),
+                pinned_fp=d.get("pinned_fp"),
             )
             value._check_types()
             return value
@@ -263,6 +274,12 @@ class Keystore(_Redacted):
 
     def with_(self, **changes: Any) -> Keystore:
         return _copy_with(self, changes)
+
+
+def _flag_from(v: object) -> Any:
+    """A flag stored only when true: absent reads as False (a stored False is not canonical
+    and fails the re-encoding check)."""
+    return False if v is None else v
 
 
 def _pending_to(p: PendingKey) -> dict[str, Any]:
@@ -303,6 +320,12 @@ class IssuedSeed(_Redacted):
     otk_public: bytes | None
     #: The policy sent with this seed in 206.
     policy: RekeyPolicy
+    #: Suite of the one-time key, hence of the device's next 203 (the profile's suite when
+    #: the seed was issued). Empty: the record's ``suite`` (records written before profiles).
+    suite: str = ""
+    #: Profile sent with this seed in 206: application data may travel authenticated-only
+    #: over a TLS connection (docs/protocol.md, "Profiles").
+    tls_reduced: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -348,11 +371,52 @@ class DeviceRecord(_Redacted):
     pending: PendingExchange | None = None
     #: Outstanding rekey order: the epoch it supersedes (cleared by any commit past it).
     order_epoch: int | None = None
+    #: Profile: the suite set for the device when it differs from ``suite`` (the suite of
+    #: its current key); sent with the next 206, used from the 203 after it.
+    next_suite: str | None = None
+    #: Profile: application data may travel authenticated-only over a TLS connection; sent
+    #: with the next 206, like ``policy``.
+    tls_reduced: bool = False
 
     @property
     def policy_in_force(self) -> RekeyPolicy:
         """The policy the device was sent: a new ``policy`` waits for the next 206."""
         return self.seed.policy if self.seed is not None else self.policy
+
+    @property
+    def profile_suite(self) -> str:
+        """The suite of the device's profile (what the next seed is issued in)."""
+        return self.next_suite or self.suite
+
+    @property
+    def suite_in_force(self) -> str:
+        """The suite the device's next 203 must use: its seed's, else (enrolment) ``suite``."""
+        if self.seed is not None and self.seed.suite:
+            return self.seed.suite
+        return self.suite
+
+    @property
+    def tls_reduced_in_force(self) -> bool:
+        """Whether the device was told (in the last 206) that TLS may reduce its layer."""
+        return self.seed is not None and self.seed.tls_reduced
+
+    def with_profile(
+        self,
+        *,
+        suite: str | None = None,
+        policy: RekeyPolicy | None = None,
+        tls_reduced: bool | None = None,
+    ) -> DeviceRecord:
+        """The record with its profile changed (None: that part unchanged); the change
+        reaches the device with its next 206. ``self`` itself when nothing changes."""
+        changes: dict[str, Any] = {}
+        if suite is not None and suite != self.profile_suite:
+            changes["next_suite"] = None if suite == self.suite else suite
+        if policy is not None and policy != self.policy:
+            changes["policy"] = policy
+        if tls_reduced is not None and tls_reduced != self.tls_reduced:
+            changes["tls_reduced"] = tls_reduced
+        return self.with_(**changes) if changes else self
 
     def to_dict(self) -> dict[str, Any]:
         w, s, p = self.window, self.seed, self.pending
@@ -386,6 +450,9 @@ class DeviceRecord(_Redacted):
                 "otk_private": s.otk_private,
                 "otk_public": s.otk_public,
                 "policy": _policy_to(s.policy),
+                # Absent in records written before profiles (and read back as such).
+                "suite": s.suite or None,
+                "tls_reduced": True if s.tls_reduced else None,
             },
             "owed_206": self.owed_206,
             "pending": None
@@ -399,6 +466,8 @@ class DeviceRecord(_Redacted):
                 "enrol": p.enrol,
             },
             "order_epoch": self.order_epoch,
+            "next_suite": self.next_suite,
+            "tls_reduced": True if self.tls_reduced else None,
         }
 
     @classmethod
@@ -437,6 +506,8 @@ class DeviceRecord(_Redacted):
                     otk_private=s["otk_private"],
                     otk_public=s["otk_public"],
                     policy=_policy_from(s["policy"]),
+                    suite=s.get("suite") or "",
+                    tls_reduced=_flag_from(s.get("tls_reduced")),
                 ),
                 owed_206=d["owed_206"],
                 pending=None
@@ -450,6 +521,8 @@ class DeviceRecord(_Redacted):
                     enrol=p["enrol"],
                 ),
                 order_epoch=d["order_epoch"],
+                next_suite=d.get("next_suite"),
+                tls_reduced=_flag_from(d.get("tls_reduced")),
             )
             value._check_types()
             return value

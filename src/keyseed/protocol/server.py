@@ -137,9 +137,23 @@ class ServerProtocol(Protocol):
 
     role = Role.SERVER
 
-    def __init__(self, ctx: ServerContext, *, now: float, entropy: Entropy | None = None) -> None:
+    def __init__(
+        self,
+        ctx: ServerContext,
+        *,
+        now: float,
+        entropy: Entropy | None = None,
+        tls: bool = False,
+    ) -> None:
         super().__init__(state=ServerState.AWAIT_HELLO, entropy=entropy)
         self.ctx = ctx
+        # The driver's word that this connection runs over TLS it terminates (wss://): the
+        # only case in which the handshake may reduce the connection for TLS.
+        self._tls = tls
+        # Whether HELLO asked for the reduction, and whether HELLO_ACK granted it (applied
+        # once FIN proves the device).
+        self._asked_reduced = False
+        self._grant_reduced = False
         # Our nonce: fresh per connection; binds P, traffic keys and the pending exchange.
         self._ns = self._entropy(NONCE_LEN)
         self._nd = b""
@@ -230,6 +244,7 @@ class ServerProtocol(Protocol):
     ) -> None:
         if isinstance(msg, Hello):
             self.device_id, self._nd, self._hello = msg.device_id, msg.nd, raw
+            self._asked_reduced = msg.tls_reduced is True
             self._suite_name = msg.suite
             self._park(lambda rec, n: self._handle_hello(msg, rec, n, targets))
         elif isinstance(msg, Fin):
@@ -298,7 +313,7 @@ class ServerProtocol(Protocol):
                 return
             self._answer_hello(named, rec, targets)
             return
-        if rec is None or rec.revoked or rec.key is None or msg.suite != rec.suite:
+        if rec is None or rec.revoked or rec.key is None or not _hello_suite_ok(rec, msg.suite):
             raise HandshakeRefused("no key to prove")
         assert msg.cur_proof is not None
         cur = rec.key
@@ -347,7 +362,18 @@ class ServerProtocol(Protocol):
     def _answer_hello(self, key: SharedKey, rec: DeviceRecord, targets: tuple[State, ...]) -> None:
         self._named = key
         mac = key.mac(L_HELLO_ACK, sha256(self._hello), self._ns, rec.epoch, key.key_id)
-        self._send_hello_ack(HelloAck(ns=self._ns, epoch=rec.epoch, key_id=key.key_id, mac=mac))
+        # Profiles: reduce for TLS only if the device asked, this connection is TLS as the
+        # server sees it, and the profile the device was sent allows it.
+        self._grant_reduced = self._asked_reduced and self._tls and rec.tls_reduced_in_force
+        self._send_hello_ack(
+            HelloAck(
+                ns=self._ns,
+                epoch=rec.epoch,
+                key_id=key.key_id,
+                mac=mac,
+                tls_reduced=True if self._grant_reduced else None,
+            )
+        )
         self._set_state(ServerState.AWAIT_FIN, targets)
 
     def _send_hello_ack(self, ack: HelloAck) -> None:
@@ -372,6 +398,8 @@ class ServerProtocol(Protocol):
         self._store(new, AuditEntry(kind="handshake", device_id=rec.device_id, epoch=rec.epoch))
         self._my_gen = new.conn_gen
         self._channel = self._new_channel()
+        # FIN covered HELLO and HELLO_ACK, so both sides agree on the reduction.
+        self._channel.auth_only_app = self._grant_reduced
         self._channel.install_send(key, rec.epoch)
         self._channel.install_recv(key, rec.epoch)
         self._epoch = rec.epoch
@@ -414,12 +442,15 @@ class ServerProtocol(Protocol):
             self._ng(msg, cause, None)
             return
         assert rec is not None
-        suite = get_suite(rec.suite)
+        # The suite in force (S21 checked the 203 names it): the record's for an enrolment,
+        # the seed's for a rekey (a profile change moves it with the 206 that issued the seed).
+        suite_name = msg.suite
+        suite = get_suite(suite_name)
         if enrol:
             # The long-term key opens P only inside an enrolment window.
             assert rec.window is not None
             priv, akey, prev_key_id, x_len = (
-                self.ctx.keys[rec.suite],
+                self.ctx.keys[suite_name],
                 rec.window.k_code,
                 b"",
                 X_LEN_ENROL,
@@ -429,13 +460,13 @@ class ServerProtocol(Protocol):
             assert rec.seed is not None and rec.key is not None
             seed = rec.seed
             priv = (
-                self.ctx.keys[rec.suite]
+                self.ctx.keys[suite_name]
                 if seed.otk_private is None
                 else suite.load_private(seed.otk_private)
             )
             akey, prev_key_id, x_len = rec.key.continuity, rec.key.key_id, X_LEN_REKEY
         info = p_info(
-            suite=rec.suite,
+            suite=suite_name,
             device_id=rec.device_id,
             epoch=msg.epoch,
             seed_id=msg.seed_id,
@@ -465,7 +496,7 @@ class ServerProtocol(Protocol):
         s_ok = ct_equal(s2, msg.s)
         a_expected = authenticator(
             akey,
-            suite=rec.suite,
+            suite=suite_name,
             device_id=rec.device_id,
             epoch=msg.epoch,
             seed_id=msg.seed_id,
@@ -480,11 +511,11 @@ class ServerProtocol(Protocol):
         key = derive_k(
             r0,
             r1,
-            suite=rec.suite,
+            suite=suite_name,
             device_id=rec.device_id,
             epoch=msg.epoch,
             seed_id=msg.seed_id,
-            server_fp=self.ctx.server_fp(rec.suite),
+            server_fp=self.ctx.server_fp(suite_name),
             prev_key_id=prev_key_id,
             h203=h203,
         )
@@ -529,10 +560,12 @@ class ServerProtocol(Protocol):
             return NgCause.UNREGISTERED
         if rec.revoked:
             return NgCause.REVOKED
-        if msg.suite != rec.suite or rec.suite not in self.ctx.keys:
+        # The suite in force: the record's for an enrolment, the seed's for a rekey.
+        expected = rec.suite if enrol else rec.suite_in_force
+        if msg.suite != expected or expected not in self.ctx.keys:
             return NgCause.WRONG_SUITE
         try:
-            get_suite(rec.suite)
+            get_suite(expected)
         except UnsupportedSuite:
             return NgCause.WRONG_SUITE
         if enrol:
@@ -607,11 +640,16 @@ class ServerProtocol(Protocol):
             raise ExchangeExpired("seed already consumed")
         # S28: commit. The consumed seed and its one-time private key are replaced in the
         # same compare-and-set. S29: a fresh R0 and one-time key for the next exchange.
+        # The new key's suite is the one its 203 used; the profile's (maybe another) goes out
+        # with the new seed in 206 and is used from the next 203 on.
+        key_suite = rec.suite if p.enrol else rec.suite_in_force
         seed = self._step_s29_issue_seed(rec)
         order = rec.order_epoch
         if order is not None and p.epoch > order:
             order = None  # any commit past the superseded epoch clears the order
         new = rec.with_(
+            suite=key_suite,
+            next_suite=None if seed.suite == key_suite else seed.suite,
             epoch=p.epoch,
             key=p.key,
             key_created_at=db_now,
@@ -650,8 +688,14 @@ class ServerProtocol(Protocol):
         self._send_206(new)
 
     def _step_s29_issue_seed(self, rec: DeviceRecord) -> IssuedSeed:
-        """S29: a fresh R0, its seed_id and (HPKE suites) the one-time key named by it."""
-        suite = get_suite(rec.suite)
+        """S29: a fresh R0, its seed_id and (HPKE suites) the one-time key named by it, in
+        the profile's suite, with the profile's policy and TLS setting."""
+        suite_name = rec.profile_suite
+        if suite_name not in self.ctx.keys:
+            # The admin API accepts only enabled suites; one disabled since then (a restart
+            # with fewer --suites) must not strand the device: it stays on its key's suite.
+            suite_name = rec.suite
+        suite = get_suite(suite_name)
         otk_priv = otk_pub = None
         if suite.one_time_keys:
             otk = suite.generate()
@@ -662,12 +706,16 @@ class ServerProtocol(Protocol):
             otk_private=otk_priv,
             otk_public=otk_pub,
             policy=rec.policy,
+            suite=suite_name,
+            tls_reduced=rec.tls_reduced,
         )
 
     def _send_206(self, rec: DeviceRecord) -> None:
         """S29/S30: 206, sealed under the key of ``rec.epoch``; its content is fixed at commit."""
         seed = rec.seed
         assert seed is not None
+        # The profile: a suite other than the key's comes with its long-term server key.
+        moved = seed.suite not in ("", rec.suite)
         self._send_sealed(
             Msg206(
                 epoch=rec.epoch,
@@ -675,6 +723,9 @@ class ServerProtocol(Protocol):
                 seed_id=seed.seed_id,
                 otk=seed.otk_public,
                 policy=seed.policy.to_msg(),
+                suite=seed.suite if moved else None,
+                server_key=self.ctx.keys[seed.suite].public_key.raw if moved else None,
+                tls_reduced=True if seed.tls_reduced else None,
             )
         )
 
@@ -772,6 +823,11 @@ class ServerProtocol(Protocol):
             cipher=self.ctx.cipher,
             max_records=self.ctx.max_records,
         )
+
+
+def _hello_suite_ok(rec: DeviceRecord, suite: str) -> bool:
+    """HELLO names the device's keystore suite: its key's, or the one a 206 moved it to."""
+    return suite in (rec.suite, rec.suite_in_force)
 
 
 def _replace_window(rec: DeviceRecord, failures: int) -> Window:

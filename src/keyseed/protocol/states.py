@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 
-from .messages import MsgType
+from .messages import PAIR_TO_DEVICE, PAIR_TO_SERVER, MsgType
 
 
 class Role(enum.Enum):
@@ -95,13 +95,14 @@ TRANSITIONS: dict[tuple[Role, State, MsgType], tuple[State, ...]] = {
     (Role.SERVER, _S.PENDING_205, MsgType.M404): (_S.PENDING_205,),
 }
 
-# Sealed traffic flows in every open state of both roles.
-for _role, _states in (
-    (Role.DEVICE, (_D.OPEN, _D.AWAIT_204, _D.AWAIT_206)),
-    (Role.SERVER, (_S.OPEN, _S.PENDING_205)),
+# Sealed traffic flows in every open state of both roles; so do pair messages (5xx), each
+# only towards the role that handles it.
+for _role, _states, _pair in (
+    (Role.DEVICE, (_D.OPEN, _D.AWAIT_204, _D.AWAIT_206), PAIR_TO_DEVICE),
+    (Role.SERVER, (_S.OPEN, _S.PENDING_205), PAIR_TO_SERVER),
 ):
     for _st in _states:
-        for _t in _SEALED_TRAFFIC:
+        for _t in (*_SEALED_TRAFFIC, *sorted(_pair)):
             TRANSITIONS[(_role, _st, _t)] = (_st,)
 
 
@@ -126,7 +127,7 @@ def mermaid(role: Role) -> str:
 
 
 def _label(mtype: MsgType) -> str:
-    return str(mtype.value) if mtype.name.startswith("M") else mtype.name
+    return str(mtype.value) if mtype.value >= 200 else mtype.name
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,6 +37,7 @@ from ..protocol.records import DeviceRecord
 from ..storage.repository import AuditRow
 from .apps import app_name, app_status
 from .config import POLICY_MAX
+from .pairs import pair_service
 from .runtime import Runtime
 
 log = logging.getLogger("keyseed.server.admin")
@@ -122,6 +123,30 @@ class RegisterRequest(BaseModel):
         default=None,
         description="The device's rekey policy; default: the server's (--policy-* settings).",
     )
+    tls_reduced: bool = Field(
+        default=False,
+        description="Profile: over a wss:// connection (and if the device agrees), application "
+        "data may travel authenticated-only by keyseed, encrypted by TLS.",
+    )
+
+
+class ProfileBody(BaseModel):
+    """A device's profile as set (docs/protocol.md, "Profiles")."""
+
+    suite: str = Field(description=f"PKE suite, one of {', '.join(SUITES)}.")
+    policy: PolicyBody
+    tls_reduced: bool = Field(description="TLS may reduce the keyseed layer (see register).")
+
+
+class ProfileRequest(BaseModel):
+    """Change a device's profile; what is left out stays. The change reaches the device in
+    the 206 of its next exchange; a new suite is used from the 203 after that."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    suite: str | None = Field(default=None, description=f"One of {', '.join(SUITES)}.")
+    policy: PolicyBody | None = None
+    tls_reduced: bool | None = None
 
 
 class ApproveRequest(BaseModel):
@@ -178,6 +203,11 @@ class DeviceView(BaseModel):
     policy_next: PolicyBody | None = Field(
         description="A different policy set for the device, sent with its next 206."
     )
+    suite_in_force: str = Field(
+        description="The suite of the device's next 203 (``suite`` is its current key's)."
+    )
+    tls_reduced: bool = Field(description="The TLS setting in force (sent in the last 206).")
+    profile: ProfileBody = Field(description="The profile as set; sent with the next 206.")
     app: AppView | None = Field(description="The server app's state of the device, if any.")
     version: int
 
@@ -274,6 +304,13 @@ def device_view(rt: Runtime, rec: DeviceRecord, db_now: float) -> DeviceView:
         order_epoch=rec.order_epoch,
         policy=PolicyBody.of(in_force),
         policy_next=None if rec.policy == in_force else PolicyBody.of(rec.policy),
+        suite_in_force=rec.suite_in_force,
+        tls_reduced=rec.tls_reduced_in_force,
+        profile=ProfileBody(
+            suite=rec.profile_suite,
+            policy=PolicyBody.of(rec.policy),
+            tls_reduced=rec.tls_reduced,
+        ),
         app=app_view(rt, rec.device_id),
         version=rec.version,
     )
@@ -338,6 +375,7 @@ async def update_device(
 # -- routes ---------------------------------------------------------------------------------
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The request body is not valid JSON."},
     401: {"model": ErrorBody, "description": "Missing or wrong admin token."},
     422: {"model": ErrorBody, "description": "Validation error."},
 }
@@ -375,6 +413,7 @@ async def register_device(body: RegisterRequest, rt: Rt) -> DeviceView:
                 entropy=os.urandom,
                 allow_no_code=body.allow_no_code,
                 policy=policy,
+                tls_reduced=body.tls_reduced,
             )
         except AdminError as exc:
             raise ApiError(422, "validation_error", str(exc)) from None
@@ -387,7 +426,8 @@ async def register_device(body: RegisterRequest, rt: Rt) -> DeviceView:
                 epoch=rec.epoch,
                 detail=f"suite={rec.suite} code={'yes' if code else 'no'} "
                 f"window={body.window_s:g}s policy={policy.soft_messages}/"
-                f"{policy.hard_messages}/{policy.soft_age_s}s/{policy.hard_age_s}s",
+                f"{policy.hard_messages}/{policy.soft_age_s}s/{policy.hard_age_s}s"
+                f"{' tls_reduced=yes' if body.tls_reduced else ''}",
             ),
         )
         ok = (
@@ -398,6 +438,9 @@ async def register_device(body: RegisterRequest, rt: Rt) -> DeviceView:
         if ok:
             log.info("201 device=%s suite=%s", rec.device_id, rec.suite)
             await rt.hub.record_changed(rec, db_now)
+            if existing is not None:
+                # Re-registered: the device's pair keys die with its old enrolment.
+                await pair_service(rt).close_device(rec.device_id, "re-registered")
             return device_view(rt, rec, db_now)
     raise ApiError(409, "conflict", "the device record kept changing; try again")
 
@@ -522,7 +565,49 @@ async def revoke_device(device_id: DeviceId, rt: Rt) -> DeviceView:
         lambda new: (AuditEntry(kind="revoked", device_id=new.device_id, epoch=new.epoch),),
     )
     await rt.hub.record_changed(rec, db_now)
+    await pair_service(rt).close_device(device_id, "revoked")
     log.info("revoked device=%s", device_id)
+    return device_view(rt, rec, db_now)
+
+
+@router.patch(
+    "/devices/{device_id}/profile",
+    response_model=DeviceView,
+    responses=_DEVICE_ERRORS,
+    summary="Change a device's profile (suite, rekey policy, TLS setting); sent in its next 206",
+)
+async def change_profile(device_id: DeviceId, body: ProfileRequest, rt: Rt) -> DeviceView:
+    # Every check before the record is read: bad input changes nothing.
+    if body.suite is None and body.policy is None and body.tls_reduced is None:
+        raise ApiError(422, "validation_error", "give suite, policy or tls_reduced")
+    if body.suite is not None:
+        if body.suite not in SUITES:
+            raise ApiError(422, "validation_error", f"suite must be one of {', '.join(SUITES)}")
+        if body.suite not in rt.ctx.keys:
+            raise ApiError(422, "validation_error", "suite is not enabled on this server")
+    policy = None if body.policy is None else body.policy.to_policy()
+
+    def change(rec: DeviceRecord) -> DeviceRecord:
+        if rec.revoked:
+            raise AdminError("the device is revoked; register it again with its profile")
+        return rec.with_profile(suite=body.suite, policy=policy, tls_reduced=body.tls_reduced)
+
+    def audit(new: DeviceRecord) -> tuple[AuditEntry, ...]:
+        p = new.policy
+        return (
+            AuditEntry(
+                kind="profile_changed",
+                device_id=new.device_id,
+                epoch=new.epoch,
+                detail=f"suite={new.profile_suite} policy={p.soft_messages}/{p.hard_messages}/"
+                f"{p.soft_age_s}s/{p.hard_age_s}s tls_reduced={'yes' if new.tls_reduced else 'no'}",
+            ),
+        )
+
+    before, rec, db_now = await update_device(rt, device_id, change, audit)
+    if rec is not before:
+        await rt.hub.record_changed(rec, db_now)
+        log.info("profile device=%s suite=%s", device_id, rec.profile_suite)
     return device_view(rt, rec, db_now)
 
 

@@ -22,15 +22,18 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..console import dashboard
 from .admin_api import ApiError, public_keys, router
 from .device_channel import device_endpoint
+from .pairs_api import router as pairs_router
 from .runtime import Runtime
 
 log = logging.getLogger("keyseed.server")
@@ -116,6 +119,31 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return _error(422, "validation_error", detail)
 
 
+class _TokenFirst:
+    """ASGI middleware: the admin token is checked before FastAPI reads the body, so a
+    request to ``/v1/admin`` without it is 401 whatever it carries (never 400 or 422) and its
+    body is never parsed. The routes check it again (their OpenAPI security)."""
+
+    def __init__(self, app: ASGIApp, rt: Runtime) -> None:
+        self.app = app
+        self.rt = rt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == "/v1/admin" or path.startswith("/v1/admin/")):
+            scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+            if not (scheme.lower() == "bearer" and token and self.rt.secrets.check_token(token)):
+                response = _error(
+                    401,
+                    "unauthorized",
+                    "missing or wrong admin token",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def admin_app(rt: Runtime) -> FastAPI:
     """The admin listener: admin API, ``/metrics``, ``/healthz``, OpenAPI."""
     app = FastAPI(
@@ -132,6 +160,7 @@ def admin_app(rt: Runtime) -> FastAPI:
     )
     app.state.runtime = rt
     app.include_router(router)
+    app.include_router(pairs_router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> Response:
@@ -141,6 +170,8 @@ def admin_app(rt: Runtime) -> FastAPI:
     async def metrics() -> Response:
         """Prometheus text format."""
         return Response(rt.metrics.render(), media_type=rt.metrics.content_type)
+
+    app.add_middleware(_TokenFirst, rt=rt)
 
     # The dashboard (the setup PC in a browser) at /: session cookie, CSRF, strict CSP.
     dashboard.mount_dashboard(app, rt)

@@ -52,6 +52,19 @@ class ServerConfig:
     admin_port: int = 8701
     """Port of the admin listener (0: any free port)."""
 
+    tls_cert: Path | None = None
+    """PEM certificate chain of the device listener. With ``tls_key`` the device listener
+    serves ``wss://`` (and ``https://`` for ``/v1/keys`` and ``/healthz``) instead of
+    ``ws://``; devices verify it against their ``--ca`` file."""
+
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert`` (keep it 0600)."""
+
+    admin_tls: bool = False
+    """Serve the admin listener over ``https://`` with the same certificate too. Off by
+    default: the admin listener is on loopback, where TLS adds nothing; turn it on when the
+    admin listener is exposed."""
+
     suites: tuple[str, ...] = ("hpke-x25519",)
     """PKE suites the server enables; it holds one long-term key per suite."""
 
@@ -69,6 +82,15 @@ class ServerConfig:
 
     max_connections: int = 10_000
     """Device connections this process holds at once; more are refused at once."""
+
+    max_pending_per_ip: int = 1000
+    """Device connections from one address that have not proven a key yet (handshake or
+    enrolment unfinished), held at once; more are closed at once (4014, ``RATE_LIMITED``). 0: no
+    limit. Behind a reverse proxy every device shares the proxy's address."""
+
+    connect_rate_per_ip: float = 0.0
+    """New device connections per second from one address (bursts of twice as many); more
+    are closed at once (4014, ``RATE_LIMITED``). 0: no limit."""
 
     app: str = "microwave"
     """The server app that application data reaches: ``microwave`` (the recipe service of
@@ -111,7 +133,16 @@ class ServerConfig:
             hard_age_s=self.policy_hard_age_s,
         )
 
+    @property
+    def tls(self) -> bool:
+        """Whether the device listener serves TLS."""
+        return self.tls_cert is not None
+
     def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls-cert and tls-key go together")
+        if self.admin_tls and self.tls_cert is None:
+            raise ConfigError("admin-tls needs tls-cert and tls-key")
         if self.app not in APP_NAMES:
             raise ConfigError(f"bad value for app: one of {', '.join(APP_NAMES)}")
         try:
@@ -126,6 +157,17 @@ def _convert(name: str, value: Any) -> Any:
     try:
         if name in ("data", "config"):
             return Path(value)
+        if name in ("tls_cert", "tls_key"):
+            return None if value in (None, "") else Path(value)
+        if name == "admin_tls":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError
         if name in ("port", "admin_port", "max_connections"):
             if isinstance(value, bool):
                 raise ValueError
@@ -134,6 +176,13 @@ def _convert(name: str, value: Any) -> Any:
             if not low <= number <= (65535 if name != "max_connections" else 10**7):
                 raise ValueError
             return number
+        if name in ("max_pending_per_ip", "connect_rate_per_ip"):
+            if isinstance(value, bool):
+                raise ValueError
+            limit = int(value) if name == "max_pending_per_ip" else float(value)
+            if not 0 <= limit <= 10**7:  # also refuses NaN
+                raise ValueError
+            return limit
         if name in ("s27_timeout", "handshake_timeout", "idle_timeout", "confirm_timeout"):
             if isinstance(value, bool):
                 raise ValueError

@@ -51,10 +51,12 @@ from ..protocol.events import (
     PeerConfirmed,
     StoreRecord,
 )
+from ..protocol.pair import PairMessageReceived
 from ..protocol.records import DeviceRecord
 from ..protocol.server import ServerProtocol
 from ..protocol.states import ServerState
 from .metrics import CAUSE_EXPIRED
+from .pairs import pair_service
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -82,7 +84,10 @@ class DeviceConnection:
         # The transport.
         self.ws = ws
         # The sans-I/O core of this connection.
-        self.proto = ServerProtocol(rt.ctx, now=time.monotonic())
+        # The core reduces a connection for TLS only where the server itself sees TLS.
+        self.proto = ServerProtocol(
+            rt.ctx, now=time.monotonic(), tls=ws.scope.get("scheme") == "wss"
+        )
         # Serialises frames, timers and admin actions on this core.
         self.lock = asyncio.Lock()
         # 207 pings the admin asked for: token -> future of their PeerConfirmed.
@@ -349,6 +354,8 @@ class DeviceConnection:
                     fut.set_result(ev)
             elif isinstance(ev, AppDataReceived):
                 more |= await self._app(ev)
+            elif isinstance(ev, PairMessageReceived):
+                more |= await pair_service(rt).on_message(self, ev)
             elif isinstance(ev, ConnectionClosed):
                 self._on_closed(ev)
         return more
@@ -404,17 +411,23 @@ class DeviceConnection:
 
 
 async def device_endpoint(ws: WebSocket) -> None:
-    """The ``/v1/device`` route."""
+    """The ``/v1/device`` route. Admission first (the process's connection cap, then the
+    per-address limits of :mod:`keyseed.server.ratelimit`): a refused connection is closed
+    with RATE_LIMITED before a frame is read."""
     rt: Runtime = ws.app.state.runtime
-    if len(rt.connections) >= rt.config.max_connections:
-        await ws.close(ws_close_code(ErrorCode.RATE_LIMITED))
+    ip = ws.client.host if ws.client is not None else ""
+    limit = rt.limits.admit(ip, open_now=len(rt.connections), cap=rt.config.max_connections)
+    if limit is not None:
+        await rt.limits.deny(ws, limit)
         return
     conn = DeviceConnection(rt, ws)
     rt.connections.add(conn)
+    rt.limits.add(ip, conn)
     try:
         await conn.serve()
     finally:
         rt.connections.discard(conn)
+        rt.limits.discard(ip, conn)
 
 
 __all__ = ["WS_CODE_BASE", "DeviceConnection", "device_endpoint", "ws_close_code"]

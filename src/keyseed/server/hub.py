@@ -41,8 +41,9 @@ from ..protocol.errors import KeyseedError
 from ..protocol.events import PeerConfirmed
 from ..protocol.records import DeviceRecord
 from ..protocol.server import ServerProtocol
-from ..storage.notify import CONFIRM, CONFIRM_RESULT, DEVICE, ORDER_SENT, Bus, LocalBus
+from ..storage.notify import CONFIRM, CONFIRM_RESULT, DEVICE, ORDER_SENT, PAIR, Bus, LocalBus
 from ..storage.repository import Store
+from .pairs import pair_notice
 
 if TYPE_CHECKING:
     from .device_channel import DeviceConnection
@@ -287,6 +288,11 @@ class Hub:
             await self.refresh(device_id)
 
     async def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == PAIR:
+            if self._store is not None:
+                # Pair traffic for a device held here (keyseed.server.pairs).
+                await pair_notice(self, self._store, payload)
+            return
         if channel == DEVICE:
             if not DEVICE_ID_RE.fullmatch(payload) or self.get(payload) is None:
                 return

@@ -6,6 +6,11 @@ instances (device and admin) served together with ``asyncio.gather``, sharing on
 :class:`~keyseed.server.runtime.Runtime`. uvicorn's own signal capture is turned off (two
 servers would fight over the handlers); :func:`serve` installs one handler that stops both.
 
+With ``tls_cert``/``tls_key`` the device listener serves TLS (uvicorn's ``ssl_certfile`` and
+``ssl_keyfile``; ``wss://``), and the admin listener too with ``admin_tls``. The pair is
+loaded once before either listener starts, so a bad file is one clear error, not a listener
+that dies later.
+
 Shutdown is graceful: device connections get a normal CLOSE first, then both listeners stop,
 then the store closes. A SIGKILL loses nothing either: every change was committed before the
 reply that depended on it left.
@@ -17,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Iterator
 from typing import TextIO
@@ -29,6 +35,7 @@ from .app import admin_app, device_app
 from .apps import ServerApp
 from .config import ServerConfig
 from .datadir import Secrets, open_data_dir
+from .ratelimit import HeadDeadline
 from .runtime import Runtime, open_runtime
 
 log = logging.getLogger("keyseed.server")
@@ -102,11 +109,50 @@ def _bound_port(server: uvicorn.Server) -> int:
     raise RuntimeError("not listening")
 
 
-def _uvicorn_config(app: object, host: str, port: int, log_level: str) -> uvicorn.Config:
+class TLSFilesError(OSError):
+    """The TLS certificate or key cannot be loaded (missing, unreadable, not a pair)."""
+
+
+def check_tls_files(config: ServerConfig) -> None:
+    """Load the certificate and key once, as uvicorn will.
+
+    Raises:
+        TLSFilesError: they do not load; the message names the files, never key bytes.
+    """
+    if config.tls_cert is None or config.tls_key is None:
+        return
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+    except FileNotFoundError as exc:
+        raise TLSFilesError(f"TLS file not found: {exc.filename}") from None
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+        raise TLSFilesError(
+            f"cannot load --tls-cert {config.tls_cert} with --tls-key {config.tls_key}: {reason}"
+        ) from None
+
+
+def _uvicorn_config(
+    app: object,
+    host: str,
+    port: int,
+    log_level: str,
+    tls: ServerConfig | None = None,
+    *,
+    device: bool = False,
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
         port=port,
+        # The device listener closes a TCP connection that sends no request head in time
+        # (uvicorn arms no timer before the first request; see keyseed.server.ratelimit).
+        http=HeadDeadline if device else "auto",
+        # No WebSocket pings from the device listener: a silent device is closed by the idle
+        # timeout (and answers its own pings' pongs), while 20-second pings to 10,000 devices
+        # cost 500 wakeups a second and a timer per connection.
+        ws_ping_interval=None if device else 20.0,
         lifespan="off",
         log_config=None,
         log_level=log_level,
@@ -116,6 +162,8 @@ def _uvicorn_config(app: object, host: str, port: int, log_level: str) -> uvicor
         ws_per_message_deflate=False,
         timeout_graceful_shutdown=5,
         server_header=False,
+        ssl_certfile=None if tls is None else tls.tls_cert,
+        ssl_keyfile=None if tls is None else tls.tls_key,
     )
 
 
@@ -127,10 +175,21 @@ async def start_server(
     secrets: Secrets | None = None,
 ) -> RunningServer:
     """Open the runtime and start both listeners (ports 0: any free port)."""
+    check_tls_files(config)
     rt = await open_runtime(config, store=store, app=app, secrets=secrets)
     level = config.log_level
-    device = _Server(_uvicorn_config(device_app(rt), config.host, config.port, level))
-    admin = _Server(_uvicorn_config(admin_app(rt), config.admin_host, config.admin_port, level))
+    device = _Server(
+        _uvicorn_config(device_app(rt), config.host, config.port, level, config, device=True)
+    )
+    admin = _Server(
+        _uvicorn_config(
+            admin_app(rt),
+            config.admin_host,
+            config.admin_port,
+            level,
+            config if config.admin_tls else None,
+        )
+    )
     running = RunningServer(rt, device, admin)
     try:
         await running._start()
@@ -150,8 +209,12 @@ def banner(secrets: Secrets, running: RunningServer, config: ServerConfig) -> st
         lines.append(f"server key {suite}{new}: fingerprint {fp}")
     if secrets.new_token is not None:
         lines.append(f"admin token (shown once; store it now): {secrets.new_token}")
-    lines.append(f"device listener: ws://{config.host}:{running.device_port}/v1/device")
-    lines.append(f"admin listener: http://{config.admin_host}:{running.admin_port}/v1/admin")
+    ws = "wss" if config.tls else "ws"
+    lines.append(f"device listener: {ws}://{config.host}:{running.device_port}/v1/device")
+    admin_http = "https" if config.admin_tls else "http"
+    lines.append(
+        f"admin listener: {admin_http}://{config.admin_host}:{running.admin_port}/v1/admin"
+    )
     return "\n".join(lines)
 
 
@@ -183,4 +246,12 @@ async def serve(
         print("keyseed server stopped", file=out, flush=True)
 
 
-__all__ = ["WS_MAX_SIZE", "RunningServer", "banner", "serve", "start_server"]
+__all__ = [
+    "WS_MAX_SIZE",
+    "RunningServer",
+    "TLSFilesError",
+    "banner",
+    "check_tls_files",
+    "serve",
+    "start_server",
+]

@@ -28,6 +28,7 @@ from .config import ServerConfig
 from .datadir import Secrets, open_data_dir
 from .hub import Hub
 from .metrics import Metrics
+from .ratelimit import ConnectionLimits
 
 if TYPE_CHECKING:
     from .device_channel import DeviceConnection
@@ -69,6 +70,8 @@ class Runtime:
     #: Every open device connection (authenticated or not).
     connections: set[DeviceConnection] = field(default_factory=set)
     metrics: Metrics = field(init=False)
+    #: Per-address admission of device connections (:mod:`keyseed.server.ratelimit`).
+    limits: ConnectionLimits = field(init=False)
     _budget: _Budget = field(default_factory=lambda: _Budget(AUDIT_BUDGET_PER_MIN))
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -76,6 +79,12 @@ class Runtime:
         self.metrics = Metrics(
             pending=lambda: sum(1 for c in self.connections if c.pending),
             connected=lambda: len(self.hub),
+        )
+        self.limits = ConnectionLimits(
+            max_pending_per_ip=self.config.max_pending_per_ip,
+            connect_rate_per_ip=self.config.connect_rate_per_ip,
+            authenticated=lambda conn: getattr(conn, "device_id", None) is not None,
+            registry=self.metrics.registry,
         )
 
     async def limited_audit(self, *entries: AuditEntry) -> None:

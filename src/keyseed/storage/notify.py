@@ -15,7 +15,8 @@ woken. A notification only tells the process holding a device's connection to lo
 
 Channels (:data:`CHANNELS`) are database-wide in PostgreSQL; a store in a named schema
 suffixes them with a short hash of the schema, so deployments sharing a database do not wake
-each other. Payloads carry device IDs and random request IDs only, never a secret.
+each other. Payloads carry device IDs, random request IDs and sealed pair data (504
+bodies, ciphertext under a pair key), never a secret.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ CONFIRM = "keyseed_confirm"
 CONFIRM_RESULT = "keyseed_confirm_result"
 #: A holder delivered a stored order over its live connection (JSON: device_id, order_epoch).
 ORDER_SENT = "keyseed_order_sent"
-CHANNELS = (DEVICE, CONFIRM, CONFIRM_RESULT, ORDER_SENT)
+#: Pair traffic for a device another process holds (JSON: device_id, kind "sync" or "data",
+#: and for data the 504's canonical body, base64; keyseed.server.pairs).
+PAIR = "keyseed_pair"
+CHANNELS = (DEVICE, CONFIRM, CONFIRM_RESULT, ORDER_SENT, PAIR)
 
 #: PostgreSQL refuses payloads from 8000 bytes on.
 MAX_PAYLOAD = 7999

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from ..protocol.errors import ErrorCode, KeyseedError
 from ..protocol.events import AuditEntry, StoreRecord
+from ..protocol.pair import PairRecord
 from ..protocol.records import DeviceRecord
 
 
@@ -88,3 +89,44 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PairRow:
+    """One unordered pair as the admin sees it: its policy and its state, if any."""
+
+    lo: str
+    hi: str
+    #: None: the admin never named this pair (so it is not allowed).
+    allowed: bool | None
+    record: PairRecord | None
+    #: Database clock of the latest change to the policy or the state.
+    updated_at: float
+
+
+class PairStore(Protocol):
+    """Pair policies and pair state (docs/protocol.md, "Pair keys"); implemented by
+    :class:`keyseed.storage.pairstore.SqlPairStore`, part of the SQL store. Same rules as
+    :class:`Store`: one transaction per method, compare-and-set on ``version``."""
+
+    async def pair_allowed(self, a: str, b: str) -> bool: ...
+
+    async def set_pair_policy(
+        self, a: str, b: str, *, allowed: bool, audit: Sequence[AuditEntry] = ()
+    ) -> PairRecord | None: ...
+
+    async def load_pair(self, a: str, b: str) -> PairRecord | None: ...
+
+    async def load_pair_by_id(self, pair_id: bytes) -> PairRecord | None: ...
+
+    async def pairs_of(self, device_id: str) -> list[PairRecord]: ...
+
+    async def put_pair(
+        self, record: PairRecord, expected_version: int, audit: Sequence[AuditEntry] = ()
+    ) -> bool: ...
+
+    async def close_pairs_of(
+        self, device_id: str, audit: Sequence[AuditEntry] = ()
+    ) -> list[PairRecord]: ...
+
+    async def list_pairs(self) -> list[PairRow]: ...

@@ -58,3 +58,35 @@ audit = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),
     sa.Index("ix_audit_device_id_id", "device_id", "id"),
 )
+
+# -- pair keys (docs/protocol.md, "Pair keys") ----------------------------------------------
+# An unordered pair {lo, hi} is stored with lo < hi. No foreign keys to devices: a policy may
+# name a device before it is registered, and rows outlive revocations (audit, epochs).
+
+pair_policies = sa.Table(
+    "pair_policies",
+    metadata,
+    sa.Column("lo", sa.String(ID_LEN), primary_key=True),
+    sa.Column("hi", sa.String(ID_LEN), primary_key=True),
+    # allow-pair sets it, deny-pair clears it (the row stays, for the dashboard).
+    sa.Column("allowed", sa.Boolean, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+pairs = sa.Table(
+    "pairs",
+    metadata,
+    sa.Column("lo", sa.String(ID_LEN), primary_key=True),
+    sa.Column("hi", sa.String(ID_LEN), primary_key=True),
+    sa.Column("pair_id", sa.LargeBinary(16), nullable=False),
+    sa.Column("mode", sa.String(8), nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("initiator", sa.String(ID_LEN), nullable=False),
+    # Compare-and-set version of the row.
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    # nonce || ChaCha20-Poly1305(PairRecord.encode(), aad = lp(label, "pair lo hi")).
+    sa.Column("state", sa.LargeBinary, nullable=False),
+    sa.Index("ix_pairs_pair_id", "pair_id", unique=True),
+)

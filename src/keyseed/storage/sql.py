@@ -1,9 +1,12 @@
 """keyseed.storage.sql
 ~~~~~~~~~~~~~~~~~~~~
 
-:class:`SqlStore`: the :class:`~keyseed.storage.repository.Store` on SQLAlchemy Core (async),
-SQLite through aiosqlite (the default, one file in the data folder) or PostgreSQL through
-asyncpg (several server processes sharing one database).
+:class:`SqlStore`: the :class:`~keyseed.storage.repository.Store` on SQLAlchemy Core, SQLite
+(the default, one file in the data folder) or PostgreSQL (several server processes sharing
+one database). The transactions of the exchange path are written once as steps
+(:mod:`keyseed.storage.tx`) and run by the database's own driver: on SQLite in the
+:class:`~keyseed.storage.sqlite_runner.SqliteRunner` thread with group commit, on PostgreSQL
+on an asyncpg pool. The rest (migrations, listings) uses SQLAlchemy's async engine.
 
 Invariants:
 
@@ -49,6 +52,7 @@ from ..crypto.atrest import AtRestKey
 from ..protocol.errors import MalformedMessage
 from ..protocol.events import AuditEntry, StoreRecord
 from ..protocol.records import DeviceRecord
+from .pairstore import SqlPairStore
 from .repository import AuditRow, StorageError
 from .schema import audit as audit_table
 from .schema import devices
@@ -176,6 +180,9 @@ async def open_store(url: str, master_key: bytes, *, schema: str | None = None) 
     elif backend == "postgresql":
         if parsed.get_driver_name() != "asyncpg":
             raise ValueError("PostgreSQL is used through asyncpg: postgresql+asyncpg://...")
+        # A connection PostgreSQL dropped (restart, pg_terminate_backend) is replaced when
+        # it is next checked out, instead of failing the admin request that drew it.
+        options["pool_pre_ping"] = True
         if schema is not None:
             if not _SCHEMA_RE.fullmatch(schema):
                 raise ValueError("schema must be a plain identifier")
@@ -256,7 +263,7 @@ def _writer(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**{_IMMEDIATE: True})
 
 
-class SqlStore:
+class SqlStore(SqlPairStore):
     """Device records and the audit log in SQL. Build it with :func:`open_store`."""
 
     def __init__(

@@ -178,7 +178,7 @@
   function updateRow(row, d) {
     const c = row.cells;
     const [state, tone] = stateOf(d);
-    fill(c.device, [el("span", { cls: "device-id", text: d.device_id }), sub(d.suite)]);
+    fill(c.device, [el("span", { cls: "device-id", text: d.device_id }), sub(profileText(d))]);
     const flags = [];
     if (d.window_open && !d.enrolled) flags.push(`window closes in ${fmtAge(d.window_expires_at - (lastDbNow || 0))}`);
     if (d.owed_206) flags.push("206 owed");
@@ -203,6 +203,16 @@
     row.device = d;
   }
 
+  // The suite of the device's key, the one it moves to, and the TLS setting in force.
+  function profileText(d) {
+    const parts = [d.suite];
+    const next = d.profile ? d.profile.suite : d.suite;
+    if (d.suite_in_force && d.suite_in_force !== d.suite) parts.push(`→ ${d.suite_in_force}`);
+    else if (next !== d.suite) parts.push(`→ ${next} (next 206)`);
+    if (d.tls_reduced) parts.push("TLS-reduced");
+    return parts.join(" ");
+  }
+
   function renderDevices(devices) {
     const body = document.getElementById("devices-body");
     const seen = new Set();
@@ -220,6 +230,7 @@
       if (!seen.has(id)) { row.tr.remove(); rows.delete(id); }
     }
     document.getElementById("devices-empty").hidden = devices.length > 0;
+    renderProfileChoices(devices);
     const online = devices.filter((d) => d.online).length;
     document.getElementById("device-count").textContent =
       `${devices.length} registered · ${online} online`;
@@ -300,6 +311,7 @@
       const body = { device_id: id, suite: suite.value, window_s: minutes * 60 };
       if (nocode.checked) body.allow_no_code = true;
       else if (code.value) body.setup_code = code.value.trim();
+      if (document.getElementById("reg-tls").checked) body.tls_reduced = true;
       const submit = document.getElementById("register");
       submit.disabled = true;
       try {
@@ -315,6 +327,141 @@
         code.value = "";
         refresh();
       }
+    });
+  }
+
+  // -- profile ---------------------------------------------------------------------------
+
+  const PROFILE_LIMITS = [
+    ["soft_messages", "prof-soft-messages"],
+    ["hard_messages", "prof-hard-messages"],
+    ["soft_age_s", "prof-soft-age"],
+    ["hard_age_s", "prof-hard-age"],
+  ];
+  let profileShown = ""; // the device whose profile the form holds
+
+  function showProfile(d) {
+    profileShown = d ? d.device_id : "";
+    const state = document.getElementById("prof-state");
+    if (!d) { state.textContent = ""; return; }
+    document.getElementById("prof-suite").value = d.profile.suite;
+    for (const [k, id] of PROFILE_LIMITS) document.getElementById(id).value = d.profile.policy[k];
+    document.getElementById("prof-tls").checked = d.profile.tls_reduced;
+    const pending = d.profile.suite !== d.suite_in_force || d.profile.tls_reduced !== d.tls_reduced ||
+      d.policy_next !== null;
+    if (!d.enrolled) {
+      state.textContent = "Reaches the device with its enrolment (its first 206).";
+      return;
+    }
+    state.textContent = pending
+      ? "Changes wait for the device's next exchange (206)."
+      : `In force: ${d.suite_in_force}${d.tls_reduced ? ", reduced over TLS" : ""}.`;
+  }
+
+  function renderProfileChoices(devices) {
+    const select = document.getElementById("prof-id");
+    const chosen = select.value;
+    const ids = devices.map((d) => d.device_id);
+    const have = Array.from(select.options).map((o) => o.value);
+    if (ids.join("\n") !== have.join("\n")) {
+      fill(select, ids.map((id) => el("option", { text: id, attrs: { value: id } })));
+      if (ids.includes(chosen)) select.value = chosen;
+    }
+    const d = devices.find((x) => x.device_id === select.value);
+    if (d && d.device_id !== profileShown) showProfile(d);
+    if (!d) showProfile(null);
+  }
+
+  function setupProfile(suites) {
+    const form = document.getElementById("profile-form");
+    const select = document.getElementById("prof-id");
+    const suite = document.getElementById("prof-suite");
+    for (const s of suites) suite.appendChild(el("option", { text: s, attrs: { value: s } }));
+    select.addEventListener("change", () => {
+      const row = rows.get(select.value);
+      showProfile(row ? row.device : null);
+    });
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const id = select.value;
+      if (!id) return;
+      const policy = {};
+      for (const [k, elId] of PROFILE_LIMITS) policy[k] = parseInt(document.getElementById(elId).value, 10);
+      const body = { suite: suite.value, policy, tls_reduced: document.getElementById("prof-tls").checked };
+      const submit = document.getElementById("profile-save");
+      submit.disabled = true;
+      try {
+        const d = await api("POST", `/ui/api/devices/${encodeURIComponent(id)}/profile`, body);
+        showProfile(d);
+        notice(`Profile of ${id} saved: it reaches the device with its next 206 (Rekey applies it now).`, "ok");
+      } catch (e) {
+        notice(`Profile ${id}: ${e.message}`, "bad");
+      } finally {
+        submit.disabled = false;
+        refresh();
+      }
+    });
+  }
+
+  // -- device pairs ----------------------------------------------------------------------
+
+  const PAIR_TONE = { established: "ok", offered: "info", closed: "warn", none: "" };
+
+  function renderPairs(pairs) {
+    const body = document.getElementById("pairs-body");
+    fill(body, pairs.map((p) => {
+      const online = [[p.a, p.online_a], [p.b, p.online_b]].filter((x) => x[1]).map((x) => x[0]);
+      const revoke = button("Revoke", "deny-pair", "danger");
+      revoke.disabled = !p.allowed && p.status !== "established" && p.status !== "offered";
+      revoke.addEventListener("click", () => pairAction("deny", p.a, p.b));
+      const allow = button("Allow", "allow-pair");
+      allow.hidden = p.allowed;
+      allow.addEventListener("click", () => pairAction("allow", p.a, p.b));
+      return el("tr", { data: { pair: `${p.a} ${p.b}` } }, [
+        el("td", {}, [el("span", { cls: "device-id", text: `${p.a} ↔ ${p.b}` }),
+          p.pair_id ? sub(`pair ID ${p.pair_id.slice(0, 8)}…`) : null]),
+        el("td", {}, [badge(p.allowed ? "allowed" : "denied", p.allowed ? "ok" : "bad")]),
+        el("td", {}, [badge(p.status, PAIR_TONE[p.status] || ""),
+          p.chained ? sub("chained to the previous seed") : null]),
+        el("td", { text: p.mode || "—" }),
+        el("td", { cls: "num", text: p.epoch }),
+        el("td", { cls: "device-id", text: p.initiator || "—" }),
+        el("td", { text: online.join(", ") || "—" }),
+        el("td", { text: p.updated_at ? fmtTime(p.updated_at) : "—" }),
+        el("td", {}, [el("div", { cls: "actions" }, [allow, revoke])]),
+      ]);
+    }));
+    document.getElementById("pairs-empty").hidden = pairs.length > 0;
+  }
+
+  function refreshPairs() {
+    return api("GET", "/ui/api/pairs").then(renderPairs).catch(() => {});
+  }
+
+  async function pairAction(kind, a, b) {
+    if (kind === "deny" && !window.confirm(`Revoke the pair ${a} ↔ ${b}? Its key is closed at once.`)) return;
+    try {
+      const p = await api("POST", `/ui/api/pairs/${kind}`, { a, b });
+      notice(kind === "allow"
+        ? `${p.a} and ${p.b} may now obtain a pair key.`
+        : `${p.a} ↔ ${p.b} revoked${p.status === "closed" ? ": its pair key is closed" : ""}.`, "ok");
+    } catch (e) {
+      notice(`${kind === "allow" ? "Allow" : "Revoke"} ${a} ↔ ${b}: ${e.message}`, "bad");
+    } finally {
+      refreshPairs();
+      refresh();
+    }
+  }
+
+  function setupPairs() {
+    const form = document.getElementById("pair-form");
+    const value = (id) => document.getElementById(id).value.trim();
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      pairAction("allow", value("pair-a"), value("pair-b"));
+    });
+    document.getElementById("pair-deny").addEventListener("click", () => {
+      if (form.reportValidity()) pairAction("deny", value("pair-a"), value("pair-b"));
     });
   }
 
@@ -352,7 +499,7 @@
   }
 
   async function loop() {
-    await refresh();
+    await Promise.all([refresh(), refreshPairs()]);
     setTimeout(loop, POLL_MS);
   }
 
@@ -361,6 +508,8 @@
       const m = await api("GET", "/ui/api/meta");
       cook = m.cook;
       setupRegister(m.suites);
+      setupProfile(m.suites);
+      setupPairs();
       renderServer(m);
     } catch (e) {
       notice(`Cannot load the dashboard: ${e.message}`, "bad");
