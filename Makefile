@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck pytest vectors bench clean
+.PHONY: test demo lint typecheck pytest vectors bench fuzz soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,17 @@ vectors: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/keyseed bench core
+
+# atheris on the frame decoder and both cores for FUZZ_SECONDS; inputs that add coverage and
+# any crash land in tests/security/corpus/, which `make test` replays.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python fuzz/fuzz_frames.py
+
+# Crash under load: 1,000 simulated devices on PostgreSQL while the server is killed (SIGKILL)
+# and restarted twice and its database connections are cut once; prints what was lost (0).
+soak: $(STAMP)
+	$(BIN)/python scripts/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -5,6 +5,7 @@ and stored state is unchanged."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ from test_flows_e2e import enrol, seed_at
 from keyseed.protocol.errors import ErrorCode
 from keyseed.protocol.events import KeyEstablished
 from keyseed.protocol.messages import Fin, MsgType
-from keyseed.server import ServerConfig
+from keyseed.server import ServerConfig, ratelimit
 from keyseed.server.run import WS_MAX_SIZE
 
 
@@ -293,3 +294,23 @@ class TestTimeouts:
         finally:
             await srv.admin.aclose()
             await srv.running.stop()
+
+
+async def test_device_listener_closes_a_connection_that_sends_no_request(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device listener runs HeadDeadline: a TCP connection that never completes its
+    request head is closed (uvicorn alone keeps it open for good), while one that upgrades in
+    time is served."""
+    monkeypatch.setattr(ratelimit, "HEAD_TIMEOUT", 0.5)
+    port = server.running.device_port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /v1/device HTTP/1.1\r\nHost: x\r\n")  # never finished
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+    writer.close()
+    async with websockets.connect(server.device_url) as ws:
+        await asyncio.sleep(0.8)  # past the head deadline: the upgraded connection lives on
+        await ws.send(b"\x00")  # not a frame of this protocol: answered with a typed close
+        code = await raw_close_code(ws)
+    assert code == 4000 + int(ErrorCode.MALFORMED)
