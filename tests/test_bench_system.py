@@ -5,12 +5,18 @@ shape and its arithmetic, never its speed."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import json
 import math
 import os
+import secrets
+from collections.abc import Iterator
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
+from sqlalchemy.engine import make_url
 
 from keyseed.bench.core import split_available
 from keyseed.bench.system import (
@@ -22,6 +28,9 @@ from keyseed.bench.system import (
     run_system_bench,
 )
 from keyseed.crypto.suites import SUITES
+from pgtest import PG_URL
+
+SUITES_RUN = split_available(list(SUITES))[0]
 
 TINY = Params(
     rounds=2, seconds=0.3, exchange_devices=2, rt_connections=3, idle_counts=(5, 8), raw_ops=5
@@ -74,6 +83,12 @@ def test_every_figure_is_present_and_positive(report: dict[str, Any]) -> None:
     assert report["wss"]["idle_connections"] == 8
     assert set(report["keyseed_memory_per_device_bytes"]) == {"5", "8"}
     assert report["params"]["idle_counts"] == [5, 8]
+    assert report["params"]["database"] == "sqlite (data folder)"
+    loaded = report["keyseed_exchange_among_connected"]
+    assert set(loaded) == {"5", "8"}
+    for e in loaded.values():
+        assert set(e) == set(report["keyseed_exchange"][SUITES_RUN[0]])
+        assert all(v > 0 for v in e.values())
     assert report["fd_limit"] >= 16
 
 
@@ -91,6 +106,11 @@ def test_ratios_follow_from_the_figures(report: dict[str, Any]) -> None:
     )
     assert _rel(
         q["rt_capacity_vs_wss"], rt["rt_capacity_per_core_s"] / wss["rt_capacity_per_core_s"]
+    )
+    loaded = report["keyseed_exchange_among_connected"]
+    assert _rel(
+        q["exchange_cost_most_vs_fewest_connected"],
+        loaded["8"]["exchange_server_cpu_us"] / loaded["5"]["exchange_server_cpu_us"],
     )
     per_wss = wss["memory_per_connection_bytes"]
     for n, b in report["keyseed_memory_per_device_bytes"].items():
@@ -121,3 +141,38 @@ def test_cli_wiring_keeps_subcommands() -> None:
     assert bench.parse_args(["system"]).handler.__name__ == "run_bench_system"
     with pytest.raises(SystemExit):
         bench.parse_args(["--rounds", "3"])
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for the server (its URL), dropped afterwards."""
+    name = f"ks_bench_{secrets.token_hex(5)}"
+    url = make_url(PG_URL)
+    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def sql(statement: str) -> None:
+        conn = await asyncpg.connect(admin, timeout=5)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(sql(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI and unreachable: {type(exc).__name__}")
+        pytest.skip(f"PostgreSQL unreachable ({type(exc).__name__}); set KEYSEED_TEST_PG")
+    yield url.set(database=name).render_as_string(hide_password=False)
+    asyncio.run(sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_the_server_runs_on_postgresql_with_database(pg_database: str) -> None:
+    small = dataclasses.replace(TINY, rounds=1, idle_counts=(3,))
+    report = run_system_bench(params=small, database=pg_database)
+    assert report["params"]["database"].startswith("postgresql+asyncpg://")
+    assert report["params"]["database"].endswith("/" + make_url(pg_database).database)
+    for e in report["keyseed_exchange"].values():
+        assert e["exchange_per_s"] > 0 and e["exchange_server_cpu_us"] > 0
+    assert set(report["keyseed_exchange_among_connected"]) == {"3"}
+    assert report["ratios"]["exchange_cost_most_vs_fewest_connected"] == 1.0

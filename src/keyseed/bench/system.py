@@ -11,6 +11,11 @@ the client's own work never counts as the server's.
 Rates on a shared two-core machine move with the load; what the bench reports as capacities
 are rates per second of *server* CPU time (one core's worth), and the ratios compare those.
 
+``keyseed bench tls`` measures what TLS adds in front of keyseed: one device, one exchange or
+one application round trip at a time, each timed on its own, against a ``keyseed server``
+process serving ``ws://``, then ``wss://``, then ``wss://`` with the device's profile reducing
+the keyseed layer for TLS; medians, and the differences to ``ws://``.
+
 Run the TLS peer alone with ``python -m keyseed.bench.system peer CERT KEY``.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import functools
 import ipaddress
@@ -26,6 +32,7 @@ import json
 import os
 import re
 import resource
+import secrets
 import shutil
 import ssl
 import statistics
@@ -44,6 +51,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from sqlalchemy.engine import make_url
 from websockets.asyncio.client import ClientConnection
 
 from ..crypto import get_suite
@@ -51,7 +59,14 @@ from ..crypto.schedule import SEED_ID_LEN, p_info
 from ..crypto.suites import SUITES
 from ..loopback import DeviceDisk
 from ..protocol import DeviceProtocol, new_keystore
-from ..protocol.events import AppDataReceived, ConnectionClosed, Event, SeedStored
+from ..protocol.device import DeviceConfig
+from ..protocol.events import (
+    AppDataReceived,
+    ConnectionClosed,
+    Event,
+    HandshakeComplete,
+    SeedStored,
+)
 from ..protocol.server import X_LEN_REKEY
 from .core import BenchFailure, environment, split_available
 
@@ -75,14 +90,16 @@ class Params:
     rt_connections: int
     idle_counts: tuple[int, ...]
     raw_ops: int
+    #: The keyseed server's database URL (None: SQLite in its data folder).
+    database: str | None = None
 
     @classmethod
     def quick(cls) -> Params:
-        return cls(3, 0.8, 8, RT_CONNECTIONS, (1000,), 200)
+        return cls(3, 0.8, 8, RT_CONNECTIONS, (100, 1000), 200)
 
     @classmethod
     def full(cls) -> Params:
-        return cls(5, 3.0, 16, RT_CONNECTIONS, (1000, 10_000), 500)
+        return cls(5, 3.0, 16, RT_CONNECTIONS, (100, 1000, 10_000), 500)
 
 
 # -- the operating system's view of a process --------------------------------------------
@@ -237,9 +254,18 @@ class BenchDevice:
     """The real device core over a real WebSocket, with the driver loop every keyseed
     driver follows: persist durable events, send, re-arm the timer."""
 
-    def __init__(self, url: str, disk: DeviceDisk) -> None:
+    def __init__(
+        self,
+        url: str,
+        disk: DeviceDisk,
+        *,
+        tls: ssl.SSLContext | None = None,
+        config: DeviceConfig | None = None,
+    ) -> None:
         self.url = url
         self.disk = disk
+        self.tls = tls
+        self.config = config
         self.proto: DeviceProtocol | None = None
         self.ws: ClientConnection | None = None
         self._waiter: tuple[Callable[[Event], bool], asyncio.Future[Event]] | None = None
@@ -247,10 +273,10 @@ class BenchDevice:
 
     async def connect(self) -> None:
         self.ws = await websockets.connect(
-            self.url, max_size=None, compression=None, open_timeout=WAIT
+            self.url, max_size=None, compression=None, open_timeout=WAIT, ssl=self.tls
         )
         now = time.monotonic()
-        self.proto = DeviceProtocol(self.disk.keystore, now=now)
+        self.proto = DeviceProtocol(self.disk.keystore, now=now, config=self.config)
         self.proto.connect(now)
         await self._flush()
         self._task = asyncio.create_task(self._drive(self.proto, self.ws))
@@ -312,6 +338,16 @@ class BenchDevice:
                 self._waiter = None
 
         await go()
+
+    async def handshake(self) -> None:
+        """Connect and wait until the handshake has authenticated (HELLO to FIN)."""
+        fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._waiter = (lambda ev: isinstance(ev, HandshakeComplete) and ev.authenticated, fut)
+        try:
+            await self.connect()
+            await asyncio.wait_for(fut, WAIT)
+        finally:
+            self._waiter = None
 
     async def exchange(self) -> None:
         """One complete rekey, 203 to 206, on this connection."""
@@ -395,7 +431,16 @@ class _Process:
                     f.close()
 
 
-def _start_server(data: Path, suites: list[str], max_conn: int) -> _Process:
+def _start_server(
+    data: Path,
+    suites: list[str],
+    max_conn: int,
+    tls: tuple[Path, Path] | None = None,
+    database: str | None = None,
+) -> _Process:
+    extra = [] if tls is None else ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+    if database is not None:
+        extra += ["--db", database]
     return _Process(
         [
             sys.executable,
@@ -420,6 +465,7 @@ def _start_server(data: Path, suites: list[str], max_conn: int) -> _Process:
             "3600",
             "--log-level",
             "warning",
+            *extra,
         ],
         "admin listener:",
         data.parent / "server.log",
@@ -513,7 +559,7 @@ async def _settled_rss(proc: _Process) -> int:
 class _Keyseed:
     def __init__(self, server: _Process) -> None:
         out = server.out
-        m = re.search(r"device listener: (ws://\S+)", out)
+        m = re.search(r"device listener: (wss?://\S+)", out)
         a = re.search(r"admin listener: (http://[^/\s]+)", out)
         t = re.search(r"admin token \(shown once; store it now\): (\S+)", out)
         if not (m and a and t):
@@ -525,6 +571,7 @@ class _Keyseed:
         )
         self.keys: dict[str, bytes] = {}
         self.count = 0
+        self.run = secrets.token_hex(3)
 
     async def load_keys(self) -> None:
         r = await self.admin.get("/v1/admin/keys")
@@ -557,7 +604,8 @@ class _Keyseed:
                 await dev.enrolled()
                 devices.append(dev)
 
-        ids = [f"bench-{suite}-{self.count + i}" for i in range(n)]
+        # The run's own tag: a database given with --database may hold an earlier run's.
+        ids = [f"bench-{self.run}-{suite}-{self.count + i}" for i in range(n)]
         self.count += n
         await asyncio.gather(*(one(i) for i in ids))
         return devices
@@ -640,6 +688,7 @@ async def _run(p: Params, progress: Callable[[str], None] | None) -> dict[str, A
             "exchange_devices": p.exchange_devices,
             "rt_connections": p.rt_connections,
             "idle_counts": list(p.idle_counts),
+            "database": _database_label(p.database),
             "payload_bytes": PAYLOAD,
         },
         "environment": environment(),
@@ -697,7 +746,7 @@ async def _run(p: Params, progress: Callable[[str], None] | None) -> dict[str, A
 
         # keyseed: a server process of its own.
         say("keyseed server")
-        server = _start_server(tmp / "data", suites, most + 1024)
+        server = _start_server(tmp / "data", suites, most + 1024, database=p.database)
         ks = _Keyseed(server)
         await ks.load_keys()
         exchanges: dict[str, Any] = {}
@@ -720,6 +769,7 @@ async def _run(p: Params, progress: Callable[[str], None] | None) -> dict[str, A
         result["keyseed_exchange"] = exchanges
 
         memory: dict[str, int] = {}
+        loaded: dict[str, dict[str, float]] = {}
         await asyncio.sleep(0.5)
         base = await _settled_rss(server)
         idle: list[BenchDevice] = []
@@ -727,7 +777,15 @@ async def _run(p: Params, progress: Callable[[str], None] | None) -> dict[str, A
             say(f"keyseed memory, {count} idle devices")
             idle += await ks.enrol(suites[0], count - len(idle), parallel=32)
             memory[str(count)] = round((await _settled_rss(server) - base) / count)
+            # The exchange cost with this many devices connected: the first few rekey while
+            # the rest stay idle.
+            say(f"keyseed exchanges among {count} connected devices")
+            busy = idle[: p.exchange_devices]
+            loaded[str(count)] = (await _rounds(server, p, [d.exchange for d in busy])).to_dict(
+                "exchange"
+            )
         result["keyseed_memory_per_device_bytes"] = memory
+        result["keyseed_exchange_among_connected"] = loaded
         say("closing")
         await _close_all(idle)
     finally:
@@ -740,6 +798,13 @@ async def _run(p: Params, progress: Callable[[str], None] | None) -> dict[str, A
 
     result["ratios"] = _ratios(result, suites)
     return result
+
+
+def _database_label(url: str | None) -> str:
+    """The database a run used, for the report (never a password)."""
+    if url is None:
+        return "sqlite (data folder)"
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _ratios(r: dict[str, Any], suites: list[str]) -> dict[str, Any]:
@@ -755,6 +820,11 @@ def _ratios(r: dict[str, Any], suites: list[str]) -> dict[str, Any]:
         },
     }
     k, tls, wss = r["keyseed_rt"], r["tls"], r["wss"]
+    loaded = r["keyseed_exchange_among_connected"]
+    counts = sorted(loaded, key=int)
+    cost = [loaded[n]["exchange_server_cpu_us"] for n in counts]
+    # Server CPU per exchange among the most connected devices ÷ among the fewest.
+    out["exchange_cost_most_vs_fewest_connected"] = round(cost[-1] / cost[0], 3)
     out["rt_vs_tls"] = round(k["rt_per_s"] / tls["rt_per_s"], 3)
     out["rt_vs_wss"] = round(k["rt_per_s"] / wss["rt_per_s"], 3)
     out["rt_capacity_vs_tls"] = round(
@@ -776,6 +846,7 @@ def run_system_bench(
     quick: bool = False,
     params: Params | None = None,
     progress: Callable[[str], None] | None = None,
+    database: str | None = None,
 ) -> dict[str, Any]:
     """Run the whole benchmark; one dict with every figure and ratio (what ``--json``
     prints). ``params`` overrides the quick or full sizes.
@@ -784,10 +855,217 @@ def run_system_bench(
         BenchFailure: a process did not start, or an exchange or round trip failed.
     """
     p = params or (Params.quick() if quick else Params.full())
+    if database is not None:
+        p = dataclasses.replace(p, database=database)
     try:
         return asyncio.run(_run(p, progress))
     except (OSError, TimeoutError, websockets.WebSocketException, httpx.HTTPError) as exc:
         raise BenchFailure(f"{type(exc).__name__}: {exc}") from exc
+
+
+# -- what TLS adds (keyseed bench tls) ----------------------------------------------------
+
+#: The three ways ``keyseed bench tls`` connects one device.
+TLS_MODES = ("ws", "wss", "wss-reduced")
+
+
+class _TlsMode:
+    """One mode of ``keyseed bench tls``: its server process and its one device."""
+
+    def __init__(self, mode: str, tmp: Path, cert: tuple[Path, Path]) -> None:
+        self.mode = mode
+        tls = mode != "ws"
+        self.server = _start_server(
+            tmp / f"data-{mode}", ["hpke-x25519"], 64, cert if tls else None
+        )
+        self.ks = _Keyseed(self.server)
+        self.ctx = _client_tls(cert[0]) if tls else None
+        # The device agrees to the reduction wherever it runs over TLS; its profile decides.
+        self.config = DeviceConfig(tls_reduced_ok=tls)
+        self.disk: DeviceDisk | None = None
+        self.dev: BenchDevice | None = None
+
+    async def enrol(self) -> None:
+        await self.ks.load_keys()
+        device_id = f"bench-tls-{self.mode}"
+        r = await self.ks.admin.post(
+            "/v1/admin/devices",
+            json={
+                "device_id": device_id,
+                "setup_code": _CODE,
+                "tls_reduced": self.mode == "wss-reduced",
+            },
+        )
+        if r.status_code != 201:
+            raise BenchFailure(f"registration failed: {r.status_code}")
+        self.disk = DeviceDisk(
+            new_keystore(
+                device_id=device_id,
+                suite="hpke-x25519",
+                server_key=self.ks.keys["hpke-x25519"],
+                install_secret=os.urandom(32),
+                setup_code=_CODE,
+            )
+        )
+        self.dev = BenchDevice(self.ks.url, self.disk, tls=self.ctx, config=self.config)
+        await self.dev.enrolled()  # its 206 brings the profile
+        await self.reconnect()
+        assert self.dev.proto is not None
+        if self.dev.proto.tls_reduced != (self.mode == "wss-reduced"):
+            raise BenchFailure(f"{self.mode}: the connection's reduction is not as set")
+
+    async def reconnect(self) -> None:
+        """A new connection: TCP, TLS, WebSocket, HELLO to FIN, and one round trip (so the
+        server has taken the FIN too)."""
+        assert self.disk is not None and self.dev is not None
+        await self.dev.close()
+        self.dev = BenchDevice(self.ks.url, self.disk, tls=self.ctx, config=self.config)
+        await self.dev.handshake()
+        await self.dev.round_trip(b"ready")
+
+    async def exchange(self) -> None:
+        assert self.dev is not None
+        await self.dev.exchange()
+
+    async def round_trip(self) -> None:
+        assert self.dev is not None
+        await self.dev.round_trip(_PAYLOAD_BYTES)
+
+    async def close(self) -> None:
+        if self.dev is not None:
+            await self.dev.close()
+        await self.ks.admin.aclose()
+        self.server.stop()
+
+
+_PAYLOAD_BYTES = bytes(range(PAYLOAD))
+
+
+async def _interleaved_ms(
+    n: int, ops: dict[str, Callable[[], Awaitable[None]]]
+) -> dict[str, float]:
+    """Median milliseconds of ``n`` runs of each op, one at a time, the modes taking turns
+    (so a shift in the machine's load hits every mode alike), after a few untimed runs."""
+    times: dict[str, list[float]] = {name: [] for name in ops}
+    for i in range(n + 3):
+        for name, op in ops.items():
+            t = time.perf_counter()
+            await op()
+            if i >= 3:
+                times[name].append(time.perf_counter() - t)
+    return {name: round(statistics.median(ts) * 1e3, 3) for name, ts in times.items()}
+
+
+async def _run_tls(n: int, progress: Callable[[str], None] | None) -> dict[str, Any]:
+    def say(text: str) -> None:
+        if progress is not None:
+            progress(text)
+
+    tmp = Path(tempfile.mkdtemp(prefix="keyseed-bench-tls-"))
+    modes: list[_TlsMode] = []
+    figures: dict[str, dict[str, Any]] = {m: {} for m in TLS_MODES}
+    try:
+        cert = make_cert(tmp)
+        say("three servers (ws://, wss://, wss:// reduced), one device each")
+        for mode in TLS_MODES:
+            modes.append(_TlsMode(mode, tmp, cert))
+            await modes[-1].enrol()
+        for what, key, count in (
+            ("connections", "connect_and_round_trip_ms", max(10, n // 4)),
+            ("exchanges", "exchange_ms", n),
+            ("round trips", "round_trip_ms", n),
+        ):
+            say(f"{count} {what} per mode, taking turns")
+            attr = {"connections": "reconnect", "exchanges": "exchange"}.get(what, "round_trip")
+            medians = await _interleaved_ms(count, {m.mode: getattr(m, attr) for m in modes})
+            for mode, ms in medians.items():
+                figures[mode][key] = ms
+        for m in modes:
+            assert m.dev is not None and m.dev.proto is not None
+            figures[m.mode]["reduced"] = m.dev.proto.tls_reduced
+    finally:
+        for m in modes:
+            with contextlib.suppress(Exception):
+                await m.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    base = figures["ws"]
+    added = {
+        mode: {
+            k: round(figures[mode][k] - base[k], 3)
+            for k in ("connect_and_round_trip_ms", "exchange_ms", "round_trip_ms")
+        }
+        for mode in TLS_MODES[1:]
+    }
+    return {
+        "benchmark": "tls",
+        "params": {"n": n, "payload_bytes": PAYLOAD, "suite": "hpke-x25519"},
+        "environment": environment(),
+        "modes": figures,
+        "added_vs_ws_ms": added,
+    }
+
+
+def run_tls_bench(n: int = 200, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``keyseed bench tls``: medians per mode and what TLS adds to each (``--json``).
+
+    Raises:
+        BenchFailure: a process did not start, or an exchange or round trip failed.
+    """
+    try:
+        return asyncio.run(_run_tls(n, progress))
+    except (OSError, TimeoutError, websockets.WebSocketException, httpx.HTTPError) as exc:
+        raise BenchFailure(f"{type(exc).__name__}: {exc}") from exc
+
+
+def format_tls_table(r: dict[str, Any]) -> str:
+    modes, added = r["modes"], r["added_vs_ws_ms"]
+    rows = [
+        ("connect + first round trip", "connect_and_round_trip_ms"),
+        ("exchange (203 to 206)", "exchange_ms"),
+        (f"app round trip ({r['params']['payload_bytes']} B)", "round_trip_ms"),
+    ]
+    lines = [
+        f"keyseed bench tls: one device, medians of {r['params']['n']} (ms), same machine",
+        f"{'':30}{'ws://':>10}{'wss://':>10}{'reduced':>10}{'+wss':>10}{'+reduced':>10}",
+    ]
+    for label, key in rows:
+        lines.append(
+            f"{label:30}{modes['ws'][key]:>10.3f}{modes['wss'][key]:>10.3f}"
+            f"{modes['wss-reduced'][key]:>10.3f}{added['wss'][key]:>+10.3f}"
+            f"{added['wss-reduced'][key]:>+10.3f}"
+        )
+    return "\n".join(lines)
+
+
+def add_bench_tls(benchmarks: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``keyseed bench tls [--n N] [--json]``."""
+    parser = benchmarks.add_parser(
+        "tls",
+        help="what TLS (wss://) adds to an exchange and to a round trip",
+        description="One device against a keyseed server process over ws://, wss:// and "
+        "wss:// with the profile's TLS reduction: the median of N exchanges and N application "
+        "round trips, each timed alone, and what TLS adds to each.",
+    )
+    parser.add_argument("--n", type=int, default=200, metavar="N", help="timed runs (200)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=run_bench_tls, parser=parser)
+
+
+def run_bench_tls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """The handler: 0 done, 1 the bench failed."""
+    if args.n < 1:
+        parser.error("--n must be at least 1")
+
+    def show(message: str) -> None:
+        print(f"keyseed bench tls: {message} ...", file=sys.stderr, flush=True)
+
+    try:
+        report = run_tls_bench(args.n, progress=None if args.json else show)
+    except BenchFailure as exc:
+        print(f"keyseed bench tls: FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2) if args.json else format_tls_table(report))
+    return 0
 
 
 # -- the table ----------------------------------------------------------------------------
@@ -844,8 +1122,20 @@ def format_table(r: dict[str, Any]) -> str:
         f"{'wss://, ' + str(w['idle_connections']) + ' conns':<26}"
         f"{w['memory_per_connection_bytes']:>11}"
     )
+    loaded = r["keyseed_exchange_among_connected"]
+    lines += ["", f"{'exchanges among N connected':<26}{'exch/s':>9}{'server CPU us':>14}"]
+    for n, e in loaded.items():
+        lines.append(
+            f"{'keyseed, ' + n + ' devices':<26}{e['exchange_per_s']:>9.0f}"
+            f"{e['exchange_server_cpu_us']:>14.0f}"
+        )
+    lines.append(
+        f"{'most ÷ fewest connected':<26}{'':>9}"
+        f"{q['exchange_cost_most_vs_fewest_connected']:>14.2f}"
+    )
     lines += [
         "",
+        f"database: {prm['database']}",
         "keyseed ratios: rekey rows ÷ TLS hs and ÷ raw compare capacities (per second of "
         "server CPU);",
         "round-trip 'rt/s ratio' = keyseed rt/s ÷ that row's; 'cap. ratio' the same per "
@@ -873,6 +1163,12 @@ def add_bench_system(
         parser.add_argument(
             "--json", action="store_true", help="print one JSON object with every figure"
         )
+        parser.add_argument(
+            "--database",
+            metavar="URL",
+            help="run the keyseed server on this database (postgresql+asyncpg://...; "
+            "default: SQLite in a fresh data folder)",
+        )
         parser.set_defaults(handler=run_bench_system, parser=parser)
 
 
@@ -883,7 +1179,9 @@ def run_bench_system(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         print(f"keyseed bench: {message} ...", file=sys.stderr, flush=True)
 
     try:
-        report = run_system_bench(quick=args.quick, progress=None if args.json else show)
+        report = run_system_bench(
+            quick=args.quick, progress=None if args.json else show, database=args.database
+        )
     except BenchFailure as exc:
         print(f"keyseed bench: FAILED: {exc}", file=sys.stderr)
         return 1
@@ -908,9 +1206,11 @@ def _peer_cli(argv: list[str]) -> int:
 __all__ = [
     "PAYLOAD",
     "RT_CONNECTIONS",
+    "TLS_MODES",
     "BenchDevice",
     "Params",
     "add_bench_system",
+    "add_bench_tls",
     "cpu_seconds",
     "format_table",
     "make_cert",
@@ -918,7 +1218,9 @@ __all__ = [
     "raw_limit",
     "rss_bytes",
     "run_bench_system",
+    "run_bench_tls",
     "run_system_bench",
+    "run_tls_bench",
 ]
 
 if __name__ == "__main__":
