@@ -8,6 +8,7 @@ A folder's conftest.py imports :func:`pg_schema` to offer it to its tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
@@ -16,6 +17,7 @@ from typing import TypeVar
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -43,6 +45,35 @@ async def pg_execute(sql: str) -> None:
             await conn.execute(sa.text(sql))
     finally:
         await engine.dispose()
+
+
+async def pg_admin(sql: str) -> None:
+    """Run one statement on ``PG_URL`` outside any transaction (CREATE/DROP DATABASE)."""
+    engine = create_async_engine(
+        PG_URL, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args={"timeout": 5}
+    )
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(sql))
+    finally:
+        await engine.dispose()
+
+
+@contextlib.contextmanager
+def pg_fresh_database() -> Iterator[str]:
+    """A fresh database ``ks_db_<hex>`` next to ``PG_URL``'s, dropped afterwards; its URL.
+    Unreachable: skip, or fail under CI."""
+    name = f"ks_db_{secrets.token_hex(5)}"
+    try:
+        run_in_thread(lambda: pg_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, sa.exc.DBAPIError) as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI and unreachable: {type(exc).__name__}")
+        pytest.skip(f"PostgreSQL unreachable ({type(exc).__name__}); set KEYSEED_TEST_PG")
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        run_in_thread(lambda: pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="module")

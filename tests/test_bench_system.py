@@ -5,16 +5,13 @@ shape and its arithmetic, never its speed."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import math
 import os
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -28,7 +25,7 @@ from keyseed.bench.system import (
     run_system_bench,
 )
 from keyseed.crypto.suites import SUITES
-from pgtest import PG_URL
+from pgtest import pg_fresh_database
 
 SUITES_RUN = split_available(list(SUITES))[0]
 
@@ -146,25 +143,8 @@ def test_cli_wiring_keeps_subcommands() -> None:
 @pytest.fixture(scope="module")
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database for the server (its URL), dropped afterwards."""
-    name = f"ks_bench_{secrets.token_hex(5)}"
-    url = make_url(PG_URL)
-    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-    async def sql(statement: str) -> None:
-        conn = await asyncpg.connect(admin, timeout=5)
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    try:
-        asyncio.run(sql(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError) as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI and unreachable: {type(exc).__name__}")
-        pytest.skip(f"PostgreSQL unreachable ({type(exc).__name__}); set KEYSEED_TEST_PG")
-    yield url.set(database=name).render_as_string(hide_password=False)
-    asyncio.run(sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with pg_fresh_database() as url:
+        yield url
 
 
 def test_the_server_runs_on_postgresql_with_database(pg_database: str) -> None:

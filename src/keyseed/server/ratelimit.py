@@ -121,7 +121,12 @@ class ConnectionLimits:
         must be :meth:`add`-ed."""
         if open_now >= cap:
             return self.refuse(MAX_CONNECTIONS)
-        if self.max_pending > 0 and self.unauthenticated(ip) >= self.max_pending:
+        if (
+            self.max_pending > 0
+            # Fewer open connections than the limit cannot be over it: no scan on that path.
+            and len(self._open.get(ip, ())) >= self.max_pending
+            and self.unauthenticated(ip) >= self.max_pending
+        ):
             return self.refuse(PENDING_PER_IP)
         if self.rate > 0 and not self._take(ip):
             return self.refuse(RATE_PER_IP)

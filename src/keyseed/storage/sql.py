@@ -83,18 +83,11 @@ SQLITE_PRAGMAS = (
 #: strict decode. Bounded, so it costs at most a few MB whatever the fleet.
 RECORD_CACHE = 256
 
-#: The columns of ``devices`` written from the record (besides its key and ``updated_at``),
-#: each but ``state`` a field of the same name.
-_PLAIN_COLUMNS = (
-    "version",
-    "conn_gen",
-    "epoch",
-    "suite",
-    "revoked",
-    "confirmed",
-    "order_epoch",
-    "state",
-)
+#: The plain columns of ``devices`` that repeat a field of the record of the same name (the
+#: row also holds its key, ``updated_at`` and ``state``, the sealed record).
+_RECORD_COLUMNS = ("version", "conn_gen", "epoch", "suite", "revoked", "confirmed", "order_epoch")
+#: Those of them SQLite hands back as 0/1.
+_BOOL_COLUMNS = frozenset({"revoked", "confirmed"})
 
 #: asyncpg connections per process for the hot path (PostgreSQL).
 PG_POOL = 8
@@ -295,7 +288,7 @@ class SqlStore(SqlPairStore):
             sa.update(devices)
             .where(devices.c.device_id == sa.bindparam("k_device_id"))
             .where(devices.c.version == sa.bindparam("k_expected"))
-            .values({name: sa.bindparam(f"v_{name}") for name in _PLAIN_COLUMNS})
+            .values({name: sa.bindparam(f"v_{name}") for name in (*_RECORD_COLUMNS, "state")})
             .values(updated_at=self._now)
         )
         # inline(): no RETURNING of the new ids (nothing reads them).
@@ -486,7 +479,7 @@ class SqlStore(SqlPairStore):
     def _columns(self, record: DeviceRecord, sealed: bytes) -> dict[str, Any]:
         """The columns of ``record``'s row, other than its key: all from the same record
         (``sealed`` is its sealed encoding)."""
-        columns = {name: getattr(record, name) for name in _PLAIN_COLUMNS[:-1]}
+        columns = {name: getattr(record, name) for name in _RECORD_COLUMNS}
         columns["state"] = sealed
         return columns
 
@@ -503,24 +496,10 @@ class SqlStore(SqlPairStore):
             self._remember(sealed, record)
         else:
             self._opened.move_to_end(sealed)
-        plain = (
-            row["version"],
-            row["conn_gen"],
-            row["epoch"],
-            row["suite"],
-            bool(row["revoked"]),
-            bool(row["confirmed"]),
-            row["order_epoch"],
+        plain = tuple(
+            bool(row[name]) if name in _BOOL_COLUMNS else row[name] for name in _RECORD_COLUMNS
         )
-        inside = (
-            record.version,
-            record.conn_gen,
-            record.epoch,
-            record.suite,
-            record.revoked,
-            record.confirmed,
-            record.order_epoch,
-        )
+        inside = tuple(getattr(record, name) for name in _RECORD_COLUMNS)
         if record.device_id != device_id or plain != inside:
             raise StorageError(f"stored columns of {device_id} disagree with its record")
         return record

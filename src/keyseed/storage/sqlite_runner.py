@@ -69,7 +69,7 @@ class SqliteRunner:
         self._error: BaseException | None = None
         self._closed = False
         #: Write transactions committed, and the writers they carried (their ratio is the
-        #: mean group size; ``keyseed bench`` and the tests read them).
+        #: mean group size).
         self.commits = 0
         self.writes = 0
         self._thread.start()
