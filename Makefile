@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP) lint typecheck pytest
 
-# A server and three simulated microwaves on loopback, every flow narrated.
+# A server and five simulated microwaves on loopback, every flow narrated.
 demo: $(STAMP)
 	$(BIN)/keyseed demo
 
