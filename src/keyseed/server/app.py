@@ -3,7 +3,8 @@
 
 The two ASGI applications of one server, one per listener:
 
-* :func:`device_app` (``--port``): ``/v1/device`` (the device channel), ``/v1/keys`` (the
+* :func:`device_app` (``--port``): ``/v1/device`` (the device channel, served below ASGI by
+  :mod:`keyseed.server.wire`, which uvicorn hands the listener's upgrades to), ``/v1/keys`` (the
   long-term public keys, unauthenticated: a device fetches them only to check them against a
   fingerprint it was given out of band) and ``/healthz``, and nothing else. It is plain
   Starlette routing: three routes need no more, and nothing of the admin surface can leak onto
@@ -26,13 +27,12 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..console import dashboard
 from .admin_api import ApiError, public_keys, router
-from .device_channel import device_endpoint
 from .pairs_api import router as pairs_router
 from .runtime import Runtime
 
@@ -86,7 +86,6 @@ def device_app(rt: Runtime) -> Starlette:
     """The device listener: ``/v1/device``, ``/v1/keys`` and ``/healthz`` only."""
     app = Starlette(
         routes=[
-            WebSocketRoute("/v1/device", device_endpoint),
             Route("/v1/keys", _keys, methods=["GET"]),
             Route("/healthz", _healthz, methods=["GET"]),
         ],

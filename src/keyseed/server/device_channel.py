@@ -1,9 +1,9 @@
 """keyseed.server.device_channel
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 
-``/v1/device``: one WebSocket per device connection, driving one
-:class:`~keyseed.protocol.server.ServerProtocol`. The driver is thin and runs the same loop
-after every input (a frame, the end of the stream, a timer, an admin action)::
+``/v1/device``: one device connection (a :class:`~keyseed.server.wire.DeviceWire` WebSocket)
+driving one :class:`~keyseed.protocol.server.ServerProtocol`. The driver is thin and runs the
+same loop after every input (a frame, the end of the stream, a timer, an admin action)::
 
     load records the core asks for -> commit StoreRecord compare-and-sets (store_failed() on
     a lost one) -> send messages_to_send() -> close if close_expected() -> dispatch the other
@@ -13,7 +13,9 @@ Durable changes are committed *before* the messages that depend on them leave (r
 rule 6). Everything the core does for one connection happens under that connection's lock,
 so an admin action (403, 207, a revocation) never interleaves with a frame half processed.
 
-Bad input never crashes anything: the core turns it into CLOSE(code); a text frame is
+Inputs arrive from the wire's callbacks (:meth:`DeviceConnection.feed`) into a small inbox; a
+task drains it and exists only while there is something to do, so an idle device costs no
+task. Bad input never crashes anything: the core turns it into CLOSE(code); a text frame is
 MALFORMED; a frame over the transport cap is closed by the WebSocket layer (1009); a
 connection that stays silent past the idle timeout is closed with TIMEOUT. The WebSocket close
 code is 1000 for a normal close and ``4000 + ErrorCode`` for a failure, so a client sees the
@@ -28,14 +30,11 @@ the send, ``server.send.206`` is "committed, 206 not sent".
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
-
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .. import faults
 from ..protocol.errors import ErrorCode, NgCause
@@ -60,6 +59,7 @@ from .pairs import pair_service
 
 if TYPE_CHECKING:
     from .runtime import Runtime
+    from .wire import DeviceWire
 
 log = logging.getLogger("keyseed.server.device")
 
@@ -68,6 +68,8 @@ T = TypeVar("T")
 #: WebSocket close code of a failure: 4000 + ErrorCode.
 WS_CODE_BASE = 4000
 _EOF = object()
+#: A text message, as :meth:`DeviceConnection.feed` receives it (a binary one is ``bytes``).
+TEXT = "text"
 
 
 def ws_close_code(code: ErrorCode) -> int:
@@ -78,16 +80,14 @@ def ws_close_code(code: ErrorCode) -> int:
 class DeviceConnection:
     """One device WebSocket and the core that serves it."""
 
-    def __init__(self, rt: Runtime, ws: WebSocket) -> None:
+    def __init__(self, rt: Runtime, wire: DeviceWire) -> None:
         # Shared server state (context, store, hub, metrics, the server app).
         self.rt = rt
-        # The transport.
-        self.ws = ws
+        # The WebSocket.
+        self.wire = wire
         # The sans-I/O core of this connection.
         # The core reduces a connection for TLS only where the server itself sees TLS.
-        self.proto = ServerProtocol(
-            rt.ctx, now=time.monotonic(), tls=ws.scope.get("scheme") == "wss"
-        )
+        self.proto = ServerProtocol(rt.ctx, now=time.monotonic(), tls=wire.tls)
         # Serialises frames, timers and admin actions on this core.
         self.lock = asyncio.Lock()
         # 207 pings the admin asked for: token -> future of their PeerConfirmed.
@@ -109,7 +109,11 @@ class DeviceConnection:
         self._db_offset = 0.0
         # The loop timer of the next deadline (see _arm), and the task it last started.
         self._timer: asyncio.TimerHandle | None = None
-        self._deadline_task: asyncio.Task[None] | None = None
+        # Inputs not yet run (frames, text, the end of the stream), and the task running
+        # them; both exist only while there is work.
+        self._inbox: list[object] = []
+        self._task: asyncio.Task[None] | None = None
+        self._eof = False
 
     @property
     def pending(self) -> bool:
@@ -118,30 +122,40 @@ class DeviceConnection:
 
     # -- the connection's life ------------------------------------------------------------
 
-    async def serve(self) -> None:
-        """Accept the WebSocket and run the connection until it closes.
-
-        One task per connection reads the socket and runs the core; the core's timers and
-        the idle timeout are a loop timer that starts a task only when it fires. (A reader
-        task and a queue per connection cost about 5 KB of every idle device's memory.)
-        """
-        await self.ws.accept()
+    def start(self) -> None:
+        """The WebSocket is open: start the idle timeout."""
         self._arm()
+
+    def feed(self, item: bytes | str) -> None:
+        """A whole message from the wire: bytes (binary) or :data:`~keyseed.server.wire.TEXT`."""
+        if not self._eof:
+            self._push(item)
+
+    def feed_eof(self) -> None:
+        """The peer closed (a close frame or the TCP close); idempotent."""
+        if not self._eof:
+            self._eof = True
+            self._push(_EOF)
+
+    def _push(self, item: object) -> None:
+        self._inbox.append(item)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        """Drain the inbox in order; the task ends (and is forgotten) when it is empty."""
+        inbox = self._inbox
         try:
-            while not self.closed:
-                try:
-                    message = await self.ws.receive()
-                except (WebSocketDisconnect, RuntimeError, OSError):
-                    message = {"type": "websocket.disconnect"}
-                if message["type"] == "websocket.disconnect":
+            while inbox:
+                item = inbox.pop(0)
+                if item is _EOF:
                     await self._on_item(_EOF)
-                    break
-                data = message.get("bytes")
-                await self._on_item(data if data is not None else ("text", message.get("text")))
+                    await self._shutdown()
+                    inbox.clear()
+                else:
+                    await self._on_item(item)
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
-            await self._shutdown()
+            self._task = None
 
     def _arm(self) -> None:
         """Make sure the loop timer fires no later than the earlier of the idle timeout and
@@ -165,8 +179,8 @@ class DeviceConnection:
 
     def _fire(self) -> None:
         self._timer = None
-        # Held here: the loop keeps only a weak reference to a task.
-        self._deadline_task = asyncio.get_running_loop().create_task(self._on_deadline())
+        # Held by the loop's set of tasks (Runtime.spawn): it keeps only weak references.
+        self.rt.spawn(self._on_deadline())
 
     async def _on_item(self, item: object) -> None:
         async with self.lock:
@@ -180,6 +194,7 @@ class DeviceConnection:
                 self.proto.receive_message(item, now)
             else:
                 # One protocol message per *binary* frame; text is not this protocol.
+                assert item == TEXT
                 self.proto.fail(ErrorCode.MALFORMED, "text frame")
             await self._after_input()
 
@@ -288,15 +303,16 @@ class DeviceConnection:
             return events
 
     async def _send(self, frames: list[bytes]) -> None:
-        if self.closed:
+        if self.closed or not frames:
             return
-        try:
-            for frame in frames:
-                faults.crash_frame("server.send", frame)
-                await self.ws.send_bytes(frame)
-                faults.crash_frame("server.sent", frame)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            self.closed = True
+        wire = self.wire
+        for frame in frames:
+            faults.crash_frame("server.send", frame)
+            if not wire.send(frame):
+                self.closed = True
+                return
+            faults.crash_frame("server.sent", frame)
+        await wire.drained()
 
     async def _close(self, events: list[Event]) -> None:
         code = ErrorCode.NORMAL
@@ -309,8 +325,7 @@ class DeviceConnection:
         if self.closed:
             return
         self.closed = True
-        with contextlib.suppress(Exception):
-            await self.ws.close(code)
+        self.wire.close(code)
 
     async def _dispatch(self, events: list[Event]) -> bool:
         """Act on the informational events. Returns whether the core has new output."""
@@ -400,6 +415,9 @@ class DeviceConnection:
             self.rt.hub.attach(device_id, self)
 
     async def _shutdown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         async with self.lock:
             if self.proto.state is not ServerState.CLOSED:
                 self.proto.receive_eof()
@@ -408,26 +426,7 @@ class DeviceConnection:
         if self.device_id is not None:
             self.rt.hub.detach(self.device_id, self)
         self.rt.connections.discard(self)
+        self.rt.limits.discard(self.wire.ip, self)
 
 
-async def device_endpoint(ws: WebSocket) -> None:
-    """The ``/v1/device`` route. Admission first (the process's connection cap, then the
-    per-address limits of :mod:`keyseed.server.ratelimit`): a refused connection is closed
-    with RATE_LIMITED before a frame is read."""
-    rt: Runtime = ws.app.state.runtime
-    ip = ws.client.host if ws.client is not None else ""
-    limit = rt.limits.admit(ip, open_now=len(rt.connections), cap=rt.config.max_connections)
-    if limit is not None:
-        await rt.limits.deny(ws, limit)
-        return
-    conn = DeviceConnection(rt, ws)
-    rt.connections.add(conn)
-    rt.limits.add(ip, conn)
-    try:
-        await conn.serve()
-    finally:
-        rt.connections.discard(conn)
-        rt.limits.discard(ip, conn)
-
-
-__all__ = ["WS_CODE_BASE", "DeviceConnection", "device_endpoint", "ws_close_code"]
+__all__ = ["TEXT", "WS_CODE_BASE", "DeviceConnection", "ws_close_code"]

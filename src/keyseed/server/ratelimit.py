@@ -32,10 +32,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from starlette.websockets import WebSocket
 from uvicorn.protocols.http.h11_impl import H11Protocol
-
-from ..protocol.errors import ErrorCode
 
 #: Limit names, the ``limit`` label of ``keyseed_rate_limited_total``.
 MAX_CONNECTIONS = "max_connections"
@@ -47,8 +44,6 @@ LIMITS = (MAX_CONNECTIONS, PENDING_PER_IP, RATE_PER_IP)
 MAX_TRACKED = 16_384
 #: Seconds a TCP connection to the device listener has to send its request head.
 HEAD_TIMEOUT = 10.0
-#: WebSocket close code of a refusal where denial responses are not supported.
-_CLOSE_RATE_LIMITED = 4000 + int(ErrorCode.RATE_LIMITED)
 
 
 class _Bucket:
@@ -131,14 +126,6 @@ class ConnectionLimits:
         if self.rate > 0 and not self._take(ip):
             return self.refuse(RATE_PER_IP)
         return None
-
-    async def deny(self, ws: WebSocket, limit: str) -> None:
-        """Refuse ``ws``: accept it and close it at once with 4014 (``RATE_LIMITED``), before
-        any frame is read, so the device sees the same typed code as for any other failure
-        (an HTTP denial before the upgrade would reach it as a bare status, and uvicorn logs
-        each one as an error, which a flood would turn into a log flood)."""
-        await ws.accept()
-        await ws.close(_CLOSE_RATE_LIMITED)
 
     def refuse(self, limit: str) -> str:
         """Count a refusal under ``limit``; returns ``limit``."""

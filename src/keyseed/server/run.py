@@ -29,7 +29,6 @@ from typing import TextIO
 
 import uvicorn
 
-from ..protocol.constants import MAX_FRAME
 from ..storage.repository import Store
 from .app import admin_app, device_app
 from .apps import ServerApp
@@ -37,13 +36,9 @@ from .config import ServerConfig
 from .datadir import Secrets, open_data_dir
 from .ratelimit import HeadDeadline
 from .runtime import Runtime, open_runtime
+from .wire import WS_MAX_SIZE, wire_factory
 
 log = logging.getLogger("keyseed.server")
-
-#: Transport cap on one WebSocket message. Frames up to this size reach the core, which
-#: refuses anything over its own caps (4 KiB before the handshake, 64 KiB after) with
-#: CLOSE(FRAME_TOO_LARGE); bigger ones are closed by the WebSocket layer (1009).
-WS_MAX_SIZE = 4 * MAX_FRAME
 
 
 class _Server(uvicorn.Server):
@@ -140,7 +135,7 @@ def _uvicorn_config(
     log_level: str,
     tls: ServerConfig | None = None,
     *,
-    device: bool = False,
+    device: Runtime | None = None,
 ) -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
@@ -148,11 +143,12 @@ def _uvicorn_config(
         port=port,
         # The device listener closes a TCP connection that sends no request head in time
         # (uvicorn arms no timer before the first request; see keyseed.server.ratelimit).
-        http=HeadDeadline if device else "auto",
-        # No WebSocket pings from the device listener: a silent device is closed by the idle
-        # timeout (and answers its own pings' pongs), while 20-second pings to 10,000 devices
-        # cost 500 wakeups a second and a timer per connection.
-        ws_ping_interval=None if device else 20.0,
+        http=HeadDeadline if device is not None else "auto",
+        # The device listener's WebSockets are keyseed.server.wire's. It sends no pings: a
+        # silent device is closed by the idle timeout (and a device's own pings are
+        # answered), while 20-second pings to 10,000 devices cost 500 wakeups a second.
+        ws="auto" if device is None else wire_factory(device),  # type: ignore[arg-type]
+        ws_ping_interval=20.0,
         lifespan="off",
         log_config=None,
         log_level=log_level,
@@ -179,7 +175,7 @@ async def start_server(
     rt = await open_runtime(config, store=store, app=app, secrets=secrets)
     level = config.log_level
     device = _Server(
-        _uvicorn_config(device_app(rt), config.host, config.port, level, config, device=True)
+        _uvicorn_config(device_app(rt), config.host, config.port, level, config, device=rt)
     )
     admin = _Server(
         _uvicorn_config(

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..apps.microwave import RecipeService
 from ..protocol.events import AuditEntry
@@ -99,11 +100,16 @@ class Runtime:
             except Exception:
                 log.exception("audit write failed")
 
-    def spawn_audit(self, *entries: AuditEntry) -> None:
-        """:meth:`limited_audit` in the background (from code that cannot await)."""
-        task = asyncio.get_running_loop().create_task(self.limited_audit(*entries))
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background, held until it ends (the loop keeps only weak
+        references to tasks)."""
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def spawn_audit(self, *entries: AuditEntry) -> None:
+        """:meth:`limited_audit` in the background (from code that cannot await)."""
+        self.spawn(self.limited_audit(*entries))
 
     async def close(self) -> None:
         """Close live connections, stop listening, finish audit writes, close the store."""
