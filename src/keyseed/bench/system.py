@@ -578,9 +578,9 @@ class _Keyseed:
         r.raise_for_status()
         self.keys = {k["suite"]: bytes.fromhex(k["public_key"]) for k in r.json()}
 
-    async def enrol(self, suite: str, n: int, parallel: int = 16) -> list[BenchDevice]:
-        """Register ``n`` devices (201 with a setup code) and enrol each on its connection,
-        which then stays open."""
+    async def register(self, suite: str, n: int, parallel: int = 16) -> list[BenchDevice]:
+        """Register ``n`` devices (201 with a setup code; the server derives each code's
+        scrypt key here) and build their keystores; nothing is connected yet."""
         devices: list[BenchDevice] = []
         sem = asyncio.Semaphore(parallel)
 
@@ -600,15 +600,29 @@ class _Keyseed:
                     install_secret=os.urandom(32),
                     setup_code=_CODE,
                 )
-                dev = BenchDevice(self.url, DeviceDisk(ks))
-                await dev.enrolled()
-                devices.append(dev)
+                devices.append(BenchDevice(self.url, DeviceDisk(ks)))
 
         # The run's own tag: a database given with --database may hold an earlier run's.
         ids = [f"bench-{self.run}-{suite}-{self.count + i}" for i in range(n)]
         self.count += n
         await asyncio.gather(*(one(i) for i in ids))
         return devices
+
+    @staticmethod
+    async def connect(devices: list[BenchDevice], parallel: int = 16) -> list[BenchDevice]:
+        """Enrol each registered device on its own connection, which then stays open."""
+        sem = asyncio.Semaphore(parallel)
+
+        async def one(dev: BenchDevice) -> None:
+            async with sem:
+                await dev.enrolled()
+
+        await asyncio.gather(*(one(d) for d in devices))
+        return devices
+
+    async def enrol(self, suite: str, n: int, parallel: int = 16) -> list[BenchDevice]:
+        """:meth:`register` then :meth:`connect`."""
+        return await self.connect(await self.register(suite, n, parallel), parallel)
 
 
 async def _close_all(devices: list[BenchDevice]) -> None:
@@ -770,12 +784,16 @@ async def _run(p: Params, progress: Callable[[str], None] | None) -> dict[str, A
 
         memory: dict[str, int] = {}
         loaded: dict[str, dict[str, float]] = {}
+        # Registered first: a registration derives the setup code's scrypt key (16 MiB of
+        # scratch), whose heap high-water mark is not a connection's memory.
+        say(f"keyseed: registering {most} devices")
+        waiting = await ks.register(suites[0], most, parallel=32)
         await asyncio.sleep(0.5)
         base = await _settled_rss(server)
         idle: list[BenchDevice] = []
         for count in sorted(p.idle_counts):
             say(f"keyseed memory, {count} idle devices")
-            idle += await ks.enrol(suites[0], count - len(idle), parallel=32)
+            idle += await ks.connect(waiting[len(idle) : count], parallel=32)
             memory[str(count)] = round((await _settled_rss(server) - base) / count)
             # The exchange cost with this many devices connected: the first few rekey while
             # the rest stay idle.

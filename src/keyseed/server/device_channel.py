@@ -54,6 +54,7 @@ from ..protocol.pair import PairMessageReceived
 from ..protocol.records import DeviceRecord
 from ..protocol.server import ServerProtocol
 from ..protocol.states import ServerState
+from .eager import start_eagerly
 from .metrics import CAUSE_EXPIRED
 from .pairs import pair_service
 
@@ -113,6 +114,7 @@ class DeviceConnection:
         # them; both exist only while there is work.
         self._inbox: list[object] = []
         self._task: asyncio.Task[None] | None = None
+        self._busy = False
         self._eof = False
 
     @property
@@ -139,11 +141,14 @@ class DeviceConnection:
 
     def _push(self, item: object) -> None:
         self._inbox.append(item)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if not self._busy:
+            # In the wire's callback: a task only if the input has to wait (the database).
+            self._task = start_eagerly(self._run())
 
     async def _run(self) -> None:
-        """Drain the inbox in order; the task ends (and is forgotten) when it is empty."""
+        """Drain the inbox in order; it ends (and its task, if it needed one, is forgotten)
+        when the inbox is empty."""
+        self._busy = True
         inbox = self._inbox
         try:
             while inbox:
@@ -154,7 +159,13 @@ class DeviceConnection:
                     inbox.clear()
                 else:
                     await self._on_item(item)
+        except Exception:
+            # Never into the transport's callback: that would tear the socket down unlogged.
+            log.exception("device connection failed device=%s", self.device_id or "-")
+            inbox.clear()
+            await self._close_transport(ws_close_code(ErrorCode.INTERNAL))
         finally:
+            self._busy = False
             self._task = None
 
     def _arm(self) -> None:
