@@ -67,6 +67,7 @@ class DeviceWire(asyncio.Protocol):
         "_rt",
         "_server_state",
         "_transport",
+        "_we_closed",
         "_ws",
     )
 
@@ -83,6 +84,8 @@ class DeviceWire(asyncio.Protocol):
         self._close_timer: asyncio.TimerHandle | None = None
         # Set while the transport has paused writing; done when it resumes.
         self._drain: asyncio.Future[None] | None = None
+        # Whether this side started the closing handshake (messages after it are dropped).
+        self._we_closed = False
 
     # -- what the connection calls ---------------------------------------------------------
 
@@ -114,6 +117,7 @@ class DeviceWire(asyncio.Protocol):
     def close(self, code: int) -> None:
         """Start the closing handshake with ``code`` (idempotent)."""
         if self._ws.state is State.OPEN:
+            self._we_closed = True
             self._ws.send_close(code)
             self._flush()
             self._closing()
@@ -170,6 +174,7 @@ class DeviceWire(asyncio.Protocol):
         """uvicorn's shutdown, for a connection still open once the device connections were
         closed normally (:meth:`keyseed.server.run.RunningServer.stop`): going away."""
         if self._ws.state is State.OPEN:
+            self._we_closed = True
             self._ws.send_close(1001)
             self._flush()
         if self._transport is not None:
@@ -226,8 +231,11 @@ class DeviceWire(asyncio.Protocol):
                 conn.feed_eof()
 
     def _deliver(self, item: bytes | str) -> None:
+        # A message read together with the peer's close frame (websockets has answered that
+        # close already) was sent before it and still counts; after our own close, nothing
+        # does.
         conn = self._conn
-        if conn is not None and self._ws.state is State.OPEN:
+        if conn is not None and not self._we_closed:
             conn.feed(item)
 
     def _flush(self) -> None:
