@@ -13,9 +13,11 @@ Durable changes are committed *before* the messages that depend on them leave (r
 rule 6). Everything the core does for one connection happens under that connection's lock,
 so an admin action (403, 207, a revocation) never interleaves with a frame half processed.
 
-Inputs arrive from the wire's callbacks (:meth:`DeviceConnection.feed`) into a small inbox; a
-task drains it and exists only while there is something to do, so an idle device costs no
-task. Bad input never crashes anything: the core turns it into CLOSE(code); a text frame is
+Inputs arrive from the wire's callbacks (:meth:`DeviceConnection.feed`) into a small inbox,
+drained in the callback itself until an input has to wait (for the database); only then does
+the rest continue in a task (:mod:`keyseed.server.eager`), so an idle device costs no task.
+
+Bad input never crashes anything: the core turns it into CLOSE(code); a text frame is
 MALFORMED; a frame over the transport cap is closed by the WebSocket layer (1009); a
 connection that stays silent past the idle timeout is closed with TIMEOUT. The WebSocket close
 code is 1000 for a normal close and ``4000 + ErrorCode`` for a failure, so a client sees the
@@ -108,7 +110,7 @@ class DeviceConnection:
         self._own: DeviceRecord | None = None
         # Database clock minus time.monotonic(), from this connection's last load.
         self._db_offset = 0.0
-        # The loop timer of the next deadline (see _arm), and the task it last started.
+        # The loop timer of the next deadline (see _arm).
         self._timer: asyncio.TimerHandle | None = None
         # Inputs not yet run (frames, text, the end of the stream), and the task running
         # them; both exist only while there is work.
@@ -129,7 +131,7 @@ class DeviceConnection:
         self._arm()
 
     def feed(self, item: bytes | str) -> None:
-        """A whole message from the wire: bytes (binary) or :data:`~keyseed.server.wire.TEXT`."""
+        """A whole message from the wire: bytes (binary) or :data:`TEXT`."""
         if not self._eof:
             self._push(item)
 
