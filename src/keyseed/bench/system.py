@@ -77,6 +77,8 @@ RT_CONNECTIONS = 16
 #: Bound on any single wait for the server or the peer; only a hang reaches it.
 WAIT = 60.0
 _CODE = "12345678"
+#: Enrolment window of the bench's registrations, seconds.
+_WINDOW_S = 24 * 3600
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -588,7 +590,14 @@ class _Keyseed:
             async with sem:
                 r = await self.admin.post(
                     "/v1/admin/devices",
-                    json={"device_id": device_id, "suite": suite, "setup_code": _CODE},
+                    # A long window: the full run registers 10,000 devices (one scrypt each)
+                    # before the first one connects, which outlasts the default window.
+                    json={
+                        "device_id": device_id,
+                        "suite": suite,
+                        "setup_code": _CODE,
+                        "window_s": _WINDOW_S,
+                    },
                 )
                 if r.status_code != 201:
                     raise BenchFailure(f"registration failed: {r.status_code}")
