@@ -33,7 +33,7 @@ from .demo import add_demo_parser
 from .device.cli import add_device_parser
 from .server.config import APP_NAMES, ConfigError, ServerConfig, load_config
 from .server.datadir import DataDirError
-from .server.run import serve
+from .server.run import run_on, serve
 from .simulate import add_simulate_parser
 
 EXIT_OK = 0
@@ -302,6 +302,12 @@ def _add_server(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help=f"debug, info, warning or error (env KEYSEED_LOG_LEVEL; default: {d.log_level})",
     )
     opt(
+        "--loop",
+        metavar="LOOP",
+        help="event loop: uvloop, asyncio, or auto (uvloop where installed) "
+        f"(env KEYSEED_LOOP; default: {d.loop})",
+    )
+    opt(
         "--reset-admin-token",
         action="store_true",
         help="replace the admin token with a new one, printed once (the old one stops working)",
@@ -335,6 +341,7 @@ def _run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         "policy_soft_age_s",
         "policy_hard_age_s",
         "log_level",
+        "loop",
     )
     try:
         config = load_config({name: getattr(args, name) for name in names})
@@ -344,8 +351,8 @@ def _run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     try:
-        asyncio.run(serve(config, reset_token=args.reset_admin_token))
-    except (DataDirError, OSError) as exc:
+        run_on(config.loop, serve(config, reset_token=args.reset_admin_token))
+    except (DataDirError, OSError, ConfigError) as exc:
         print(f"keyseed server: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

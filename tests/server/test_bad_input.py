@@ -12,6 +12,7 @@ import httpx
 import pytest
 import websockets
 from devclient import frame_type, raw_close_code
+from prometheus_client.parser import text_string_to_metric_families
 from servkit import Server, start_at
 from test_flows_e2e import enrol, seed_at
 
@@ -279,6 +280,39 @@ class TestMetrics:
         assert "keyseed_connected_devices" in text and "keyseed_pending_exchanges" in text
         assert "keyseed_confirmations_total" in text
         assert "metric-device-1" not in text
+
+    async def test_group_commit_counters_follow_the_writes(self, any_server: Server) -> None:
+        server = any_server
+
+        def counts(text: str) -> tuple[float, float] | None:
+            found = {}
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    found[sample.name] = sample.value
+            if "keyseed_db_commits_total" not in found:
+                return None
+            return found["keyseed_db_commits_total"], found["keyseed_db_committed_writes_total"]
+
+        first = counts((await server.admin.get("/metrics")).text)
+        if server.running.rt.store.dialect == "postgresql":  # type: ignore[attr-defined]
+            # PostgreSQL: the store does not count its commits (PostgreSQL's own statistics do).
+            assert first is None
+            return
+        assert first is not None
+        dev = await enrol(server, "metric-device-2")
+        second = counts((await server.admin.get("/metrics")).text)
+        assert second is not None
+        # Registration and enrolment wrote; each COMMIT carried at least one writer.
+        assert second[0] > first[0] and second[1] - first[1] >= second[0] - first[0]
+        mark = len(dev.events)
+        pump = asyncio.create_task(dev.until(seed_at(2), mark))
+        assert (await server.admin.post("/v1/admin/devices/metric-device-2/rekey")).is_success
+        await pump
+        await server.wait_for("metric-device-2", lambda v: not v["owed_206"])
+        third = counts((await server.admin.get("/metrics")).text)
+        assert third is not None
+        # A rekey writes at 203, 205 and ACK_206.
+        assert third[0] > second[0] and third[1] - second[1] >= 3
 
 
 class TestTimeouts:

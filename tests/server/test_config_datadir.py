@@ -3,6 +3,7 @@ and token files 0600 and written once, the admin token stored only as a hash."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import stat
@@ -12,8 +13,10 @@ import pytest
 
 from keyseed.cli import main
 from keyseed.fsutil import atomic_write
+from keyseed.server import run as run_module
 from keyseed.server.config import ConfigError, ServerConfig, load_config
 from keyseed.server.datadir import DataDirError, open_data_dir
+from keyseed.server.run import loop_name, resolve_loop, run_on
 
 
 def test_precedence_flags_env_toml(tmp_path: Path) -> None:
@@ -40,11 +43,44 @@ def test_precedence_flags_env_toml(tmp_path: Path) -> None:
         {"suites": "nope"},
         {"s27_timeout": "0"},
         {"log_level": "loud"},
+        {"loop": "libev"},
     ],
 )
 def test_bad_values(flags: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         load_config(flags, {})
+
+
+def test_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_config({}, {}).loop == "auto"
+    assert load_config({}, {"KEYSEED_LOOP": "AsyncIO"}).loop == "asyncio"
+    assert load_config({"loop": "uvloop"}, {"KEYSEED_LOOP": "asyncio"}).loop == "uvloop"
+
+    async def which() -> str:
+        return loop_name(asyncio.get_running_loop())
+
+    # uvloop is a dependency here: auto takes it.
+    assert resolve_loop("auto") == "uvloop" and run_on("auto", which()) == "uvloop"
+    assert run_on("uvloop", which()) == "uvloop"
+    assert resolve_loop("asyncio") == "asyncio" and run_on("asyncio", which()) == "asyncio"
+    # Where uvloop is not installed, auto falls back and an explicit uvloop is an error.
+    monkeypatch.setattr(run_module, "uvloop", None)
+    assert resolve_loop("auto") == "asyncio" and run_on("auto", which()) == "asyncio"
+    coro = which()
+    with pytest.raises(ConfigError, match="uvloop is not installed"):
+        run_on("uvloop", coro)
+    assert coro.cr_frame is None  # closed, never left un-awaited
+
+
+def test_server_refuses_a_loop_it_cannot_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(run_module, "uvloop", None)
+    monkeypatch.delenv("KEYSEED_CONFIG", raising=False)
+    code = main(["server", "--data", str(tmp_path / "data"), "--loop", "uvloop"])
+    assert code != 0
+    assert "uvloop is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()  # refused before anything was created
 
 
 def test_bad_toml(tmp_path: Path) -> None:

@@ -87,7 +87,9 @@ async def database() -> AsyncIterator[str]:
 class Proc:
     """``keyseed server --db <PostgreSQL>`` in its own process."""
 
-    def __init__(self, data: Path, db_url: str, log: Path, crash_at: str | None = None) -> None:
+    def __init__(
+        self, data: Path, db_url: str, log: Path, crash_at: str | None = None, loop: str = "auto"
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSEED_")}
         env["PYTHONUNBUFFERED"] = "1"
         if crash_at:
@@ -95,7 +97,7 @@ class Proc:
         self.log = log
         with log.open("a") as err:
             self.p = subprocess.Popen(
-                [*SERVER, "--data", str(data), "--db", db_url, *LISTENERS],
+                [*SERVER, "--data", str(data), "--db", db_url, "--loop", loop, *LISTENERS],
                 stdout=subprocess.PIPE,
                 stderr=err,
                 text=True,
@@ -140,9 +142,10 @@ class Cluster:
         self.database = database
         url = make_url(PG_URL).set(database=database).render_as_string(hide_password=False)
         data = tmp / "data"
-        self.a = Proc(data, url, tmp / "a.log")
+        # The two processes run on the two event loops a server offers.
+        self.a = Proc(data, url, tmp / "a.log", loop="uvloop")
         assert self.a.token is not None  # A initialised the data folder
-        self.b = Proc(data, url, tmp / "b.log", crash_at=crash_b)
+        self.b = Proc(data, url, tmp / "b.log", crash_at=crash_b, loop="asyncio")
         assert self.b.token is None  # B loaded the same folder: same keys, same token hash
         headers = {"Authorization": f"Bearer {self.a.token}"}
         self.admin_a = httpx.AsyncClient(base_url=self.a.admin_url, headers=headers, timeout=60)
@@ -248,6 +251,8 @@ async def test_order_confirm_and_revoke_through_the_other_process(
 ) -> None:
     c = await _cluster(tmp_path, database)
     try:
+        assert "event loop: uvloop" in c.a.log.read_text()
+        assert "event loop: asyncio" in c.b.log.read_text()
         dev = await c.provision("oven-1", c.b.device_url)
         await dev.connect()
         await dev.until(seed_at(1))

@@ -34,6 +34,7 @@ import re
 import resource
 import secrets
 import shutil
+import sqlite3
 import ssl
 import statistics
 import subprocess
@@ -51,6 +52,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 from websockets.asyncio.client import ClientConnection
 
@@ -68,6 +70,9 @@ from ..protocol.events import (
     SeedStored,
 )
 from ..protocol.server import X_LEN_REKEY
+from ..server.config import LOOP_NAMES, ConfigError
+from ..server.run import resolve_loop, run_on
+from ..storage.sql import SQLITE_PRAGMAS
 from .core import BenchFailure, environment, split_available
 
 #: Bytes of application data per round trip.
@@ -94,6 +99,8 @@ class Params:
     raw_ops: int
     #: The keyseed server's database URL (None: SQLite in its data folder).
     database: str | None = None
+    #: The event loop of the server, the peer and the clients (``keyseed server --loop``).
+    loop: str = "auto"
 
     @classmethod
     def quick(cls) -> Params:
@@ -168,6 +175,38 @@ def raw_limit(suite_name: str, ops: int, rounds: int) -> float:
 # -- the TLS peer (a process of its own) --------------------------------------------------
 
 
+#: Bytes of the row a durable-commit measurement rewrites: about a sealed device record.
+RECORD_BYTES = 600
+
+
+def durable_commit_us(folder: Path, commits: int, rounds: int) -> float:
+    """CPU time (user + system, this thread) of one durable SQLite commit: one record-sized
+    row rewritten in its own ``BEGIN IMMEDIATE``/``COMMIT``, with the store's pragmas (WAL,
+    ``synchronous=FULL``: an fsync per commit) in a file in ``folder``; median over
+    rounds. What a write the invariants need costs before any group commit shares it."""
+    path = folder / "commit-floor.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            db.execute(f"PRAGMA {pragma}")
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+        db.execute("INSERT INTO t VALUES (1, ?)", (os.urandom(RECORD_BYTES),))
+        per_commit = []
+        for _ in range(rounds):
+            blobs = [os.urandom(RECORD_BYTES) for _ in range(commits)]
+            t0 = time.thread_time()
+            for blob in blobs:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("UPDATE t SET v = ? WHERE id = 1", (blob,))
+                db.execute("COMMIT")
+            per_commit.append((time.thread_time() - t0) / commits * 1e6)
+    finally:
+        db.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return statistics.median(per_commit)
+
+
 def make_cert(folder: Path) -> tuple[Path, Path]:
     """A throwaway self-signed ECDSA P-256 certificate for localhost and 127.0.0.1."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -219,7 +258,8 @@ def _client_tls(cert: Path) -> ssl.SSLContext:
 
 
 async def _peer_main(cert: str, key: str) -> None:
-    """Serve TLS echo and wss:// echo until stdin closes; print both ports first."""
+    """Serve TLS echo, wss:// echo and plain ws:// echo until stdin closes; print the ports
+    first."""
     ctx = _server_tls(cert, key)
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -238,12 +278,16 @@ async def _peer_main(cert: str, key: str) -> None:
                 await ws.send(message)
 
     tls = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=ctx, backlog=1024)
-    async with websockets.serve(
-        ws_echo, "127.0.0.1", 0, ssl=ctx, compression=None, max_size=1 << 16
-    ) as wss:
+    async with (
+        websockets.serve(
+            ws_echo, "127.0.0.1", 0, ssl=ctx, compression=None, max_size=1 << 16
+        ) as wss,
+        websockets.serve(ws_echo, "127.0.0.1", 0, compression=None, max_size=1 << 16) as ws,
+    ):
         tls_port = tls.sockets[0].getsockname()[1]
         wss_port = next(iter(wss.sockets)).getsockname()[1]
-        print(f"tls {tls_port}\nwss {wss_port}", flush=True)
+        ws_port = next(iter(ws.sockets)).getsockname()[1]
+        print(f"tls {tls_port}\nws {ws_port}\nwss {wss_port}", flush=True)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, sys.stdin.read)
     tls.close()
@@ -437,8 +481,10 @@ def _start_server(
     data: Path,
     suites: list[str],
     max_conn: int,
+    *,
     tls: tuple[Path, Path] | None = None,
     database: str | None = None,
+    loop: str = "auto",
 ) -> _Process:
     extra = [] if tls is None else ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     if database is not None:
@@ -467,6 +513,8 @@ def _start_server(
             "3600",
             "--log-level",
             "warning",
+            "--loop",
+            loop,
             *extra,
         ],
         "admin listener:",
@@ -474,8 +522,8 @@ def _start_server(
     )
 
 
-def _start_peer(cert: Path, key: Path, log: Path) -> _Process:
-    argv = [sys.executable, "-m", "keyseed.bench.system", "peer", str(cert), str(key)]
+def _start_peer(cert: Path, key: Path, log: Path, loop: str = "auto") -> _Process:
+    argv = [sys.executable, "-m", "keyseed.bench.system", "peer", str(cert), str(key), loop]
     return _Process(argv, "wss ", log)
 
 
@@ -574,6 +622,26 @@ class _Keyseed:
         self.keys: dict[str, bytes] = {}
         self.count = 0
         self.run = secrets.token_hex(3)
+
+    async def counters(self) -> tuple[float, float | None, float | None]:
+        """From the server's ``/metrics``: exchanges completed OK, durable COMMITs and the
+        writes they carried (None where the store does not count them: PostgreSQL)."""
+        r = await self.admin.get("/metrics")
+        r.raise_for_status()
+        ok = 0.0
+        commits = writes = None
+        for family in text_string_to_metric_families(r.text):
+            for sample in family.samples:
+                if sample.name == "keyseed_exchanges_total" and sample.labels == {
+                    "result": "ok",
+                    "cause": "none",
+                }:
+                    ok = sample.value
+                elif sample.name == "keyseed_db_commits_total":
+                    commits = sample.value
+                elif sample.name == "keyseed_db_committed_writes_total":
+                    writes = sample.value
+        return ok, commits, writes
 
     async def load_keys(self) -> None:
         r = await self.admin.get("/v1/admin/keys")
@@ -684,7 +752,7 @@ def _ws_rt(ws: ClientConnection) -> Callable[[], Any]:
     return rt
 
 
-async def _idle_wss(url: str, ctx: ssl.SSLContext, n: int) -> list[ClientConnection]:
+async def _idle_wss(url: str, ctx: ssl.SSLContext | None, n: int) -> list[ClientConnection]:
     sem = asyncio.Semaphore(32)
 
     async def one() -> ClientConnection:
@@ -712,6 +780,7 @@ async def _run(p: Params, progress: Callable[[str], None] | None) -> dict[str, A
             "rt_connections": p.rt_connections,
             "idle_counts": list(p.idle_counts),
             "database": _database_label(p.database),
+            "loop": p.loop,
             "payload_bytes": PAYLOAD,
         },
         "environment": environment(),
@@ -728,11 +797,16 @@ async def _run(p: Params, progress: Callable[[str], None] | None) -> dict[str, A
     server = peer = None
     ks: _Keyseed | None = None
     try:
+        if p.database is None:
+            say("durable commit")
+            result["durable_commit_cpu_us"] = round(
+                await asyncio.to_thread(durable_commit_us, tmp, p.raw_ops, p.rounds), 1
+            )
         cert, key = make_cert(tmp)
         client_ctx = _client_tls(cert)
-        peer = _start_peer(cert, key, tmp / "peer.log")
+        peer = _start_peer(cert, key, tmp / "peer.log", p.loop)
         ports = dict(line.split() for line in peer.out.splitlines())
-        tls_port, wss_port = int(ports["tls"]), int(ports["wss"])
+        tls_port, wss_port, ws_port = int(ports["tls"]), int(ports["wss"]), int(ports["ws"])
         wss_url = f"wss://localhost:{wss_port}"
 
         # The peer: TLS handshakes, then round trips over TLS and over wss://.
@@ -753,6 +827,11 @@ async def _run(p: Params, progress: Callable[[str], None] | None) -> dict[str, A
         result["wss"] = wss_rt.to_dict("rt")
         for c in conns:
             await c.close()
+        say("ws:// round trips")
+        conns = await _idle_wss(f"ws://127.0.0.1:{ws_port}", None, p.rt_connections)
+        result["ws"] = (await _rounds(peer, p, [_ws_rt(c) for c in conns])).to_dict("rt")
+        for c in conns:
+            await c.close()
 
         say(f"wss:// memory, {most} idle connections")
         await asyncio.sleep(0.5)
@@ -769,15 +848,22 @@ async def _run(p: Params, progress: Callable[[str], None] | None) -> dict[str, A
 
         # keyseed: a server process of its own.
         say("keyseed server")
-        server = _start_server(tmp / "data", suites, most + 1024, database=p.database)
+        server = _start_server(tmp / "data", suites, most + 1024, database=p.database, loop=p.loop)
         ks = _Keyseed(server)
         await ks.load_keys()
         exchanges: dict[str, Any] = {}
         for suite in suites:
             say(f"keyseed exchanges, {suite}")
             devices = await ks.enrol(suite, p.exchange_devices)
+            before = await ks.counters()
             rates = await _rounds(server, p, [d.exchange for d in devices])
+            after = await ks.counters()
             exchanges[suite] = rates.to_dict("exchange")
+            done = after[0] - before[0]
+            for i, name in ((1, "commits_per_exchange"), (2, "writes_per_exchange")):
+                b, a = before[i], after[i]
+                if done > 0 and a is not None and b is not None:
+                    exchanges[suite][name] = round((a - b) / done, 3)
             if suite == suites[0]:
                 say("keyseed round trips")
                 data = os.urandom(PAYLOAD)
@@ -824,6 +910,7 @@ async def _run(p: Params, progress: Callable[[str], None] | None) -> dict[str, A
         shutil.rmtree(tmp, ignore_errors=True)
 
     result["ratios"] = _ratios(result, suites)
+    result["floor"] = _floor(result, suites[0])
     return result
 
 
@@ -868,24 +955,68 @@ def _ratios(r: dict[str, Any], suites: list[str]) -> dict[str, Any]:
     return out
 
 
+#: The targets the floor is held against: exchange capacity ≥ 3× the TLS handshake's and
+#: ≥ 40% of the raw limit; round trips ≥ 0.8× TLS's and ≥ 1.2× wss://'s.
+TARGETS = {"exchange_vs_tls": 3.0, "exchange_vs_raw": 0.4, "rt_vs_tls": 0.8, "rt_vs_wss": 1.2}
+
+
+def _floor(r: dict[str, Any], suite: str) -> dict[str, Any]:
+    """What the targets leave for one exchange and one round trip, in server CPU us, against
+    what no keyseed server on this stack can avoid, from figures of this run: the public-key
+    work (the raw limit), moving the exchange's five WebSocket messages (three in, two out:
+    2.5 plain ``ws://`` echo round trips of the peer, which does nothing else), and the
+    durable commits the server made per exchange (group commit included) at the cost of one
+    lone commit. Nothing of the protocol itself (key schedule, AEAD, CBOR, state) is in it."""
+    hs = r["tls"]["handshake_server_cpu_us"]
+    raw_us = 1e6 / r["raw_limit_per_s"][suite]
+    budget = min(hs / TARGETS["exchange_vs_tls"], raw_us / TARGETS["exchange_vs_raw"])
+    ws = r["ws"]["rt_server_cpu_us"]
+    ex = r["keyseed_exchange"][suite]
+    commit = r.get("durable_commit_cpu_us")
+    commits = ex.get("commits_per_exchange")
+    commits_us = commit * commits if commit is not None and commits is not None else None
+    floor = raw_us + 2.5 * ws + (commits_us or 0.0)
+    rt_budget = min(
+        r["tls"]["rt_server_cpu_us"] / TARGETS["rt_vs_tls"],
+        r["wss"]["rt_server_cpu_us"] / TARGETS["rt_vs_wss"],
+    )
+    return {
+        "suite": suite,
+        "exchange_budget_us": round(budget, 1),
+        "public_key_us": round(raw_us, 1),
+        "messages_us": round(2.5 * ws, 1),
+        "commits_us": None if commits_us is None else round(commits_us, 1),
+        "exchange_floor_us": round(floor, 1),
+        "exchange_floor_vs_budget": round(floor / budget, 2),
+        "rt_budget_us": round(rt_budget, 1),
+        "rt_floor_us": round(ws, 1),
+        "rt_floor_vs_budget": round(ws / rt_budget, 2),
+    }
+
+
 def run_system_bench(
     *,
     quick: bool = False,
     params: Params | None = None,
     progress: Callable[[str], None] | None = None,
     database: str | None = None,
+    loop: str | None = None,
 ) -> dict[str, Any]:
     """Run the whole benchmark; one dict with every figure and ratio (what ``--json``
-    prints). ``params`` overrides the quick or full sizes.
+    prints). ``params`` overrides the quick or full sizes. ``loop`` (default ``auto``) is
+    the event loop of all three processes: the peer runs on the server's, so that neither
+    side of a comparison has a faster loop than the other.
 
     Raises:
         BenchFailure: a process did not start, or an exchange or round trip failed.
+        ConfigError: ``loop`` is ``uvloop`` and uvloop is not installed.
     """
     p = params or (Params.quick() if quick else Params.full())
     if database is not None:
         p = dataclasses.replace(p, database=database)
+    p = dataclasses.replace(p, loop=resolve_loop(loop or p.loop))
     try:
-        return asyncio.run(_run(p, progress))
+        return run_on(p.loop, _run(p, progress))
     except (OSError, TimeoutError, websockets.WebSocketException, httpx.HTTPError) as exc:
         raise BenchFailure(f"{type(exc).__name__}: {exc}") from exc
 
@@ -903,7 +1034,7 @@ class _TlsMode:
         self.mode = mode
         tls = mode != "ws"
         self.server = _start_server(
-            tmp / f"data-{mode}", ["hpke-x25519"], 64, cert if tls else None
+            tmp / f"data-{mode}", ["hpke-x25519"], 64, tls=cert if tls else None
         )
         self.ks = _Keyseed(self.server)
         self.ctx = _client_tls(cert[0]) if tls else None
@@ -1160,9 +1291,28 @@ def format_table(r: dict[str, Any]) -> str:
         f"{'most ÷ fewest connected':<26}{'':>9}"
         f"{q['exchange_cost_most_vs_fewest_connected']:>14.2f}"
     )
+    f = r["floor"]
+    commits = r["keyseed_exchange"][f["suite"]].get("commits_per_exchange")
     lines += [
         "",
-        f"database: {prm['database']}",
+        f"{'what the targets leave, ' + f['suite']:<48}{'server CPU us':>14}",
+        f"{'exchange: 3x TLS hs and 40% of raw allow':<48}{f['exchange_budget_us']:>14.0f}",
+        f"{'  public-key work (the raw limit)':<48}{f['public_key_us']:>14.0f}",
+        f"{'  3 messages in, 2 out (2.5 ws:// echoes)':<48}{f['messages_us']:>14.0f}",
+    ]
+    if f["commits_us"] is not None:
+        label = f"  durable commits ({commits:.2f} x {r['durable_commit_cpu_us']:.0f} us)"
+        lines.append(f"{label:<48}{f['commits_us']:>14.0f}")
+    lines += [
+        f"{'  sum, before any protocol work':<48}{f['exchange_floor_us']:>14.0f}"
+        f"   {f['exchange_floor_vs_budget']:.2f}x the budget",
+        f"{'round trip: 0.8x TLS and 1.2x wss:// allow':<48}{f['rt_budget_us']:>14.0f}",
+        f"{'  one ws:// echo with no keyseed work':<48}{f['rt_floor_us']:>14.0f}"
+        f"   {f['rt_floor_vs_budget']:.2f}x the budget",
+    ]
+    lines += [
+        "",
+        f"database: {prm['database']}; event loop (server, peer and clients): {prm['loop']}",
         "keyseed ratios: rekey rows ÷ TLS hs and ÷ raw compare capacities (per second of "
         "server CPU);",
         "round-trip 'rt/s ratio' = keyseed rt/s ÷ that row's; 'cap. ratio' the same per "
@@ -1196,6 +1346,13 @@ def add_bench_system(
             help="run the keyseed server on this database (postgresql+asyncpg://...; "
             "default: SQLite in a fresh data folder)",
         )
+        parser.add_argument(
+            "--loop",
+            choices=LOOP_NAMES,
+            default="auto",
+            help="event loop of the keyseed server, the TLS peer and the clients alike "
+            "(default: auto, uvloop where installed)",
+        )
         parser.set_defaults(handler=run_bench_system, parser=parser)
 
 
@@ -1207,9 +1364,12 @@ def run_bench_system(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
     try:
         report = run_system_bench(
-            quick=args.quick, progress=None if args.json else show, database=args.database
+            quick=args.quick,
+            progress=None if args.json else show,
+            database=args.database,
+            loop=args.loop,
         )
-    except BenchFailure as exc:
+    except (BenchFailure, ConfigError) as exc:
         print(f"keyseed bench: FAILED: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -1224,9 +1384,10 @@ def _peer_cli(argv: list[str]) -> int:
     parser.add_argument("command", choices=["peer"])
     parser.add_argument("cert")
     parser.add_argument("key")
+    parser.add_argument("loop", nargs="?", default="auto", choices=LOOP_NAMES)
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_peer_main(args.cert, args.key))
+        run_on(args.loop, _peer_main(args.cert, args.key))
     return 0
 
 

@@ -8,10 +8,12 @@ one process, as in the tests, never share counters). No metric carries a device 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from ..protocol.errors import ErrorCode, NgCause
 
@@ -19,12 +21,41 @@ from ..protocol.errors import ErrorCode, NgCause
 CAUSE_EXPIRED = "S27_EXPIRED"
 
 
+class _GroupCommits(Collector):
+    """The SQLite store's group commit, read when scraped: write transactions committed and
+    the writers they carried (their ratio is the mean group size). Absent on PostgreSQL,
+    whose own statistics count its commits."""
+
+    def __init__(self, read: Callable[[], tuple[int, int] | None]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        counts = self._read()
+        if counts is None:
+            return
+        yield CounterMetricFamily(
+            "keyseed_db_commits",
+            "Durable write transactions (COMMITs) of the SQLite store.",
+            value=counts[0],
+        )
+        yield CounterMetricFamily(
+            "keyseed_db_committed_writes",
+            "Writes those COMMITs made durable (group commit: several per COMMIT).",
+            value=counts[1],
+        )
+
+
 class Metrics:
     """The server's counters and gauges."""
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, pending: Callable[[], int], connected: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        pending: Callable[[], int],
+        connected: Callable[[], int],
+        commits: Callable[[], tuple[int, int] | None] = lambda: None,
+    ) -> None:
         #: The registry /metrics exposes.
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -63,6 +94,7 @@ class Metrics:
             registry=r,
         )
         connected_gauge.set_function(lambda: float(connected()))
+        r.register(_GroupCommits(commits))
         # Every label value exists from the start, so a dashboard sees zeros, not gaps.
         self.exchanges.labels(result="ok", cause="none")
         for cause in NgCause:

@@ -24,21 +24,70 @@ import logging
 import signal
 import ssl
 import sys
-from collections.abc import Iterator
-from typing import TextIO
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TextIO, TypeVar
 
 import uvicorn
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - not built for this platform
+    uvloop = None  # type: ignore[assignment]
 
 from ..storage.repository import Store
 from .app import admin_app, device_app
 from .apps import ServerApp
-from .config import ServerConfig
+from .config import ConfigError, ServerConfig
 from .datadir import Secrets, open_data_dir
 from .ratelimit import HeadDeadline
 from .runtime import Runtime, open_runtime
 from .wire import WS_MAX_SIZE, wire_factory
 
 log = logging.getLogger("keyseed.server")
+
+T = TypeVar("T")
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop ``--loop`` names: ``uvloop``, ``asyncio``, or ``auto`` (uvloop where
+    it is installed).
+
+    uvloop moves the loop itself, the socket transports and their buffers from Python into
+    libuv: a sealed round trip costs the server about half the CPU (``keyseed bench``).
+
+    Raises:
+        ConfigError: ``uvloop`` was asked for and is not installed.
+    """
+    if name in ("auto", "uvloop") and uvloop is not None:
+        return uvloop.new_event_loop
+    if name == "uvloop":
+        raise ConfigError("loop uvloop: uvloop is not installed")
+    return asyncio.new_event_loop
+
+
+def resolve_loop(name: str) -> str:
+    """What ``name`` runs on: ``uvloop`` or ``asyncio`` (``auto`` resolved).
+
+    Raises:
+        ConfigError: as :func:`loop_factory`.
+    """
+    return "asyncio" if loop_factory(name) is asyncio.new_event_loop else "uvloop"
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """``uvloop`` or ``asyncio``: what the running loop is, for logs and reports."""
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+def run_on(name: str, main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on the loop ``name`` (see :func:`loop_factory`)."""
+    try:
+        factory = loop_factory(name)
+    except ConfigError:
+        main.close()
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 class _Server(uvicorn.Server):
@@ -228,6 +277,7 @@ async def serve(
     running = await start_server(config, app=app, secrets=secrets)
     print(banner(secrets, running, config), file=out, flush=True)
     loop = asyncio.get_running_loop()
+    log.info("event loop: %s", loop_name(loop))
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -248,6 +298,10 @@ __all__ = [
     "TLSFilesError",
     "banner",
     "check_tls_files",
+    "loop_factory",
+    "loop_name",
+    "resolve_loop",
+    "run_on",
     "serve",
     "start_server",
 ]

@@ -445,6 +445,13 @@ class SqlStore(SqlPairStore):
         if entries:
             await self._write(lambda: self._insert_audit(entries))
 
+    def group_commits(self) -> tuple[int, int] | None:
+        """SQLite: the hot path's COMMITs so far and the writes they carried (see
+        :class:`SqliteRunner`); None on other databases."""
+        if self._runner is None:
+            return None
+        return self._runner.commits, self._runner.writes
+
     async def close(self) -> None:
         """Close every pooled connection. The store is unusable afterwards."""
         if self._runner is not None:
