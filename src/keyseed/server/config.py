@@ -116,9 +116,9 @@ class ServerConfig:
     """Log level of the server and of uvicorn: debug, info, warning, error."""
 
     loop: str = "auto"
-    """The event loop: ``uvloop`` (libuv; a round trip costs the server about half the CPU
-    of the standard loop's), ``asyncio`` (the standard library's), or ``auto``: uvloop where
-    it is installed (it is a dependency on CPython off Windows), else asyncio."""
+    """The event loop: ``uvloop`` (libuv; about 6% less server CPU per exchange and per
+    round trip than the standard loop), ``asyncio`` (the standard library's), or ``auto``:
+    uvloop where it is installed (a dependency on CPython off Windows), else asyncio."""
 
     config: Path | None = field(default=None, compare=False)
     """The TOML file the configuration was read from, if any."""
