@@ -7,8 +7,10 @@ from typing import Any
 
 import cbor2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from keyseed.protocol.constants import MAX_FRAME, MAX_FRAME_PREAUTH, VERSION
+from keyseed.protocol.constants import MAX_APP_DATA, MAX_FRAME, MAX_FRAME_PREAUTH, VERSION
 from keyseed.protocol.errors import FrameTooLarge, MalformedMessage, UnsupportedVersion
 from keyseed.protocol.messages import (
     MESSAGES,
@@ -48,10 +50,13 @@ from keyseed.protocol.messages import (
     Policy,
     SealedFrame,
     SeedRequest,
+    decode_app_fast,
     decode_body,
     decode_frame,
     decode_plain,
+    encode_app_body,
     encode_body,
+    encode_sealed,
     loads_strict,
 )
 
@@ -655,3 +660,89 @@ def test_hostile_device_id_is_never_echoed(device_id: str) -> None:
 @pytest.mark.parametrize("device_id", ["a", "x" * 64, "Oven_1.kitchen-2"])
 def test_plain_device_ids_are_accepted(device_id: str) -> None:
     assert Msg208(device_id=device_id).device_id == device_id
+
+
+# -- the APP body's fast path -----------------------------------------------------------------
+
+
+def _general_app(body: bytes) -> App | MalformedMessage:
+    """What the general path makes of an APP body: the message, or the error it raises."""
+    try:
+        return decode_body(MsgType.APP, loads_strict(body))  # type: ignore[return-value]
+    except MalformedMessage as exc:
+        return exc
+
+
+# Lengths at every head width's edges, and the largest APP data allowed.
+APP_LENGTHS = [0, 1, 23, 24, 255, 256, 1000, MAX_APP_DATA - 1, MAX_APP_DATA]
+
+
+@pytest.mark.parametrize("length", APP_LENGTHS)
+def test_app_body_fast_encoding_is_the_canonical_one(length: int) -> None:
+    data = bytes(range(256)) * (length // 256) + bytes(range(length % 256))
+    body = encode_app_body(data)
+    assert body == bytes(cbor2.dumps({"data": data}, canonical=True))
+    assert encode_body(App(data=data)) == body
+    assert decode_app_fast(body) == App(data=data) == _general_app(body)
+
+
+def test_app_body_fast_encoding_of_long_lengths_is_shortest() -> None:
+    # Beyond what an APP may carry, the head is still the canonical one (no shortcut).
+    for length in (0x1_0000, 0x10_0000):
+        data = b"\x00" * length
+        assert encode_app_body(data) == bytes(cbor2.dumps({"data": data}, canonical=True))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"\xa1\x64data",  # no value
+        b"\xa1\x64data\x43ab",  # shorter than its head says
+        b"\xa1\x64data\x42abc",  # trailing byte
+        b"\xa1\x64data\x58\x01a",  # a longer head than needed
+        b"\xa1\x64data\x5f\x41a\xff",  # indefinite length
+        b"\xa1\x64data\x61a",  # text, not bytes
+        b"\xa1\x64data\xf6",  # null
+        b"\xa1\x64datb\x41a",  # another key
+        b"\xa2\x64data\x41a\x64date\x41b",  # two pairs
+        b"\xbf\x64data\x41a\xff",  # indefinite map
+        b"\xa1\x64data\x59" + (MAX_APP_DATA + 1).to_bytes(2, "big") + b"\x00" * (MAX_APP_DATA + 1),
+    ],
+)
+def test_app_body_fast_path_leaves_the_rest_to_the_strict_path(body: bytes) -> None:
+    assert decode_app_fast(body) is None
+    assert isinstance(_general_app(body), MalformedMessage)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=40))
+def test_app_body_fast_path_never_accepts_what_the_strict_path_refuses(tail: bytes) -> None:
+    body = b"\xa1\x64data" + tail
+    fast = decode_app_fast(body)
+    if fast is not None:
+        assert _general_app(body) == fast
+
+
+EDGES = [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(sorted(SEALED_ONLY | {MsgType.M203}, key=int)),
+    st.one_of(st.sampled_from(EDGES), st.integers(0, 2**64 - 1)),
+    st.one_of(st.sampled_from(EDGES), st.integers(0, 2**64 - 1)),
+    st.one_of(st.sampled_from([0, 23, 24, 255, 256, 70000]), st.integers(0, 600)),
+)
+def test_sealed_frame_encoding_is_the_canonical_one(
+    mtype: MsgType, epoch: int, seq: int, length: int
+) -> None:
+    ct = bytes(length)
+    frame = encode_sealed(mtype, epoch, seq, ct)
+    assert frame == bytes(cbor2.dumps([VERSION, int(mtype), epoch, seq, ct], canonical=True))
+
+
+@pytest.mark.parametrize(("epoch", "seq"), [(-1, 0), (0, -1), (2**64, 0), (0, 2**64)])
+def test_sealed_frame_fields_out_of_range_are_refused(epoch: int, seq: int) -> None:
+    with pytest.raises(ValueError, match="unsigned 64-bit"):
+        encode_sealed(MsgType.APP, epoch, seq, b"")

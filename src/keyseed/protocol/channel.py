@@ -39,6 +39,7 @@ from .messages import (
     Message,
     MsgType,
     SealedFrame,
+    decode_app_fast,
     decode_body,
     encode_body,
     encode_sealed,
@@ -202,6 +203,10 @@ class Channel:
         if len(self._recv) > 1:
             for old in [e for e in self._recv if e < frame.epoch]:
                 del self._recv[old]
+        if frame.type is MsgType.APP:
+            app = decode_app_fast(plaintext)
+            if app is not None:
+                return app, plaintext
         body = loads_strict(plaintext)
         try:
             return decode_body(frame.type, body), plaintext

@@ -325,7 +325,8 @@ class DeviceConnection:
                 self.closed = True
                 return
             faults.crash_frame("server.sent", frame)
-        await wire.drained()
+        if wire.paused:
+            await wire.drained()
 
     async def _close(self, events: list[Event]) -> None:
         code = ErrorCode.NORMAL
@@ -343,9 +344,6 @@ class DeviceConnection:
     async def _dispatch(self, events: list[Event]) -> bool:
         """Act on the informational events. Returns whether the core has new output."""
         rt = self.rt
-        committed = {
-            (a.kind, a.device_id) for ev in events if isinstance(ev, StoreRecord) for a in ev.audit
-        }
         more = False
         for ev in events:
             if isinstance(ev, HandshakeComplete):
@@ -362,7 +360,13 @@ class DeviceConnection:
                 cause = ev.cause or NgCause.BUSY
                 log.info("> 204 NG device=%s epoch=%d %s", ev.device_id, ev.epoch, cause.name)
                 rt.metrics.exchange_ng(cause)
-                if ("204_ng", ev.device_id) not in committed:
+                committed = any(
+                    a.kind == "204_ng" and a.device_id == ev.device_id
+                    for st in events
+                    if isinstance(st, StoreRecord)
+                    for a in st.audit
+                )
+                if not committed:
                     # No record changed (unknown ID, revoked, window closed ...): the cause
                     # still goes to the audit log, rate-limited so a flood cannot grow it.
                     await rt.limited_audit(

@@ -109,6 +109,11 @@ class DeviceWire(asyncio.Protocol):
         self._flush()
         return True
 
+    @property
+    def paused(self) -> bool:
+        """Whether the transport has paused writing (:meth:`drained` then waits)."""
+        return self._drain is not None
+
     async def drained(self) -> None:
         """Until the transport takes writes again (at once unless it paused us)."""
         if self._drain is not None:
