@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from ..crypto.schedule import SharedKey
 from .errors import MalformedMessage
-from .messages import _dumps, loads_strict
+from .messages import _dumps_ordered, _key_order, loads_strict
 from .policy import DEFAULT_POLICY, RekeyPolicy
 
 T = TypeVar("T")
@@ -260,7 +260,7 @@ class Keystore(_Redacted):
             raise MalformedMessage("keystore is damaged") from exc
 
     def encode(self) -> bytes:
-        return _dumps(_none_free(self.to_dict()))
+        return _dumps_ordered(_canonical(self.to_dict()))
 
     @classmethod
     def decode(cls, data: bytes) -> Keystore:
@@ -530,7 +530,7 @@ class DeviceRecord(_Redacted):
             raise MalformedMessage("device record is damaged") from exc
 
     def encode(self) -> bytes:
-        return _dumps(_none_free(self.to_dict()))
+        return _dumps_ordered(_canonical(self.to_dict()))
 
     @classmethod
     def decode(cls, data: bytes) -> DeviceRecord:
@@ -554,13 +554,27 @@ _KEYSTORE_OPTIONAL = ("k_code", "key", "seed", "pending")
 _RECORD_OPTIONAL = ("key", "prev_key", "window", "seed", "pending", "order_epoch")
 
 
-def _none_free(d: Any) -> Any:
-    """CBOR null is not used: absent keys stand for None (the strict decoder refuses null)."""
-    if isinstance(d, dict):
-        return {k: _none_free(v) for k, v in d.items() if v is not None}
-    if isinstance(d, list):
-        return [_none_free(v) for v in d]
+def _canonical(d: Any) -> Any:
+    """``d`` without its None values (absent keys stand for None: the strict decoder refuses
+    null), every map's keys in canonical order, so that the plain CBOR encoding is the
+    canonical one (:func:`~keyseed.protocol.messages._dumps_ordered`) without a sort in the
+    encoder. A record has a handful of key sets: each one's order is worked out once."""
+    if type(d) is dict:
+        keys = tuple(k for k, v in d.items() if v is not None)
+        order = _ORDERS.get(keys)
+        if order is None:
+            order = tuple(sorted(keys, key=_key_order))
+            if len(_ORDERS) < _MAX_ORDERS:
+                _ORDERS[keys] = order
+        return {k: _canonical(d[k]) for k in order}
+    if type(d) is list:
+        return [_canonical(v) for v in d]
     return d
+
+
+#: Canonical key orders by key set (see :func:`_canonical`), and how many are kept.
+_ORDERS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_MAX_ORDERS = 256
 
 
 def _with_nones(
