@@ -80,7 +80,7 @@ class Runtime:
         self.metrics = Metrics(
             pending=lambda: sum(1 for c in self.connections if c.pending),
             connected=lambda: len(self.hub),
-            commits=self._group_commits,
+            commits=self.store.group_commits,
         )
         self.limits = ConnectionLimits(
             max_pending_per_ip=self.config.max_pending_per_ip,
@@ -88,10 +88,6 @@ class Runtime:
             authenticated=lambda conn: getattr(conn, "device_id", None) is not None,
             registry=self.metrics.registry,
         )
-
-    def _group_commits(self) -> tuple[int, int] | None:
-        counts = getattr(self.store, "group_commits", None)
-        return None if counts is None else counts()
 
     async def limited_audit(self, *entries: AuditEntry) -> None:
         """Audit rows that change no record, within the rate limit (the rest are counted)."""

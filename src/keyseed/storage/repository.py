@@ -55,6 +55,11 @@ class Store(Protocol):
         """The database clock, in seconds since the epoch."""
         ...
 
+    def group_commits(self) -> tuple[int, int] | None:
+        """Durable COMMITs of the exchange path so far and the writes they carried, where
+        the store groups writes into shared commits (SQLite); None elsewhere."""
+        ...
+
     async def load(self, device_id: str) -> tuple[DeviceRecord | None, float]:
         """The device's record (None: not registered) and the database time it was read at."""
         ...
